@@ -1,0 +1,87 @@
+"""Checkpoints with orbax `CheckpointManager` (no home-made formats).
+
+Layout of a workdir:
+  workdir/config.json              the run's config (written once, at start)
+  workdir/checkpoints/<step>/state the train state: dict(params, batch_stats,
+                                   opt_state, step, rng)
+  workdir/checkpoints/<step>/meta  JSON: task, model, step, config
+Saves are asynchronous; `close()` waits for them.
+"""
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = 'checkpoints'
+
+
+def make_manager(workdir, max_to_keep=3):
+  path = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  return ocp.CheckpointManager(
+      path, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                                 create=True))
+
+
+def save(manager, step, state, meta):
+  manager.save(int(step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+
+def restore_latest(manager, abstract_state):
+  """Restores the newest checkpoint onto `abstract_state`'s shardings, or None."""
+  step = manager.latest_step()
+  if step is None:
+    return None
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))
+  return restored['state']
+
+
+def abstract_of(tree):
+  """ShapeDtypeStructs with the shardings of a (device-resident) pytree."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def write_config(workdir, config):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def read_config(workdir):
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} does not exist: {workdir!r} is not a ssl_jax workdir '
+        '(expected config.json and checkpoints/ from a pretext run).')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_trunk(workdir, step=None):
+  """The frozen trunk of a pretext run, for evaluation.
+
+  Returns:
+    (config of the pretext run, trunk params, trunk batch_stats) as host numpy
+    pytrees (params['trunk'] and batch_stats['trunk'] of the task model).
+  Raises:
+    FileNotFoundError naming the path when the workdir or checkpoint is missing.
+  """
+  config = read_config(workdir)
+  path = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'no checkpoints in {path}')
+  with ocp.CheckpointManager(path) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint saved yet in {path}')
+    # Restore without a target: host numpy arrays, whatever the saving mesh.
+    handler = ocp.PyTreeCheckpointHandler()
+    state_dir = os.path.join(path, str(step), 'state')
+    state = handler.restore(state_dir)
+  params = state['params']['trunk']
+  batch_stats = state.get('batch_stats', {}).get('trunk', {})
+  return config, params, batch_stats

@@ -1,0 +1,148 @@
+"""Pooled features of every endpoint of a frozen trunk, and their extraction into a cache.
+
+`make_extract_fn` builds the pure function the linear evaluation runs on every batch:
+uint8 images -> trunk input (full images: x/255 mapped to [-1, 1], the study's
+`-1_to_1`; patch models: a grid x grid array of exact cells, no jitter, each patch
+standardised, as the study's patch-model evaluation) -> trunk in inference mode
+(BatchNorm moving averages, `train=False`, no mutable collections, so nothing in the
+trunk can change) -> each endpoint pooled (`pooling.pool`), patch models: per patch,
+then combined over the patches (average by default).
+
+`extract` runs it over batches (padding rows, mask False, are dropped) into host arrays.
+"""
+import logging
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax.evaluation import pooling
+
+GAP_SUFFIX = '_gavg'  # Extra heads on globally averaged 4-D endpoints.
+
+
+def to_minus_one_one(images):
+  """u8[...] -> f32 in [-1, 1] (x / 255 mapped linearly), the full-image eval input."""
+  return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+
+
+def eval_patches(images, grid=3):
+  """u8[B, S, S, 3] -> standardised f32[B * grid^2, S//grid, S//grid, 3], image-major.
+
+  The study's patch-model evaluation geometry: exact cells (jitter 0), patch index
+  row * grid + col, each patch standardised on its own (per_image_standardization).
+  """
+  from ssl_jax.tasks import patches  # pylint: disable=g-import-not-at-top
+  p = patches.make_patches(None, images, grid=grid, jitter=0, train=False)
+  return p.reshape((-1,) + p.shape[2:])
+
+
+def make_extract_fn(model, endpoints, *, pool_mode='max', target_dims=9000,
+                    patch_grid=None, patch_combine='avg', global_avg=False,
+                    out_dtype=jnp.float32):
+  """A pure function (variables, u8 images [B,H,W,3]) -> {name: out_dtype[B, D]}.
+
+  Args:
+    model: the trunk (flax.linen Module, `__call__(x, train) -> (logits, endpoints)`).
+    endpoints: endpoint names to return.
+    pool_mode, target_dims: see `pooling`.
+    patch_grid: None for full-image models; else cells per side (3) of a patch model.
+    patch_combine: 'avg' (the study), 'max' or 'concat' over the patches.
+    global_avg: also return `<endpoint>_gavg`, the global average of 4-D endpoints.
+    out_dtype: dtype of the returned features (bfloat16 halves a cache).
+  """
+  endpoints = tuple(endpoints)
+
+  def fn(variables, images):
+    if patch_grid:
+      x = eval_patches(images, patch_grid)
+    else:
+      x = to_minus_one_one(images)
+    _, eps = model.apply(variables, x, train=False)
+    out = {}
+    for name in endpoints:
+      e = eps[name]
+      feats = {name: pooling.pool(e, pool_mode, target_dims)}
+      if global_avg and e.ndim == 4:
+        feats[name + GAP_SUFFIX] = pooling.pool(e, 'global_avg')
+      for k, f in feats.items():
+        if patch_grid:
+          f = pooling.combine_patches(f, patch_grid * patch_grid, patch_combine)
+        out[k] = f.astype(out_dtype)
+    return out
+
+  return fn
+
+
+def feature_dims(extract_fn, variables, image_shape):
+  """{name: D} of `extract_fn` for u8 images of `image_shape` (H, W, 3); no compute."""
+  images = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.uint8)
+  shapes = jax.eval_shape(extract_fn, variables, images)
+  return {k: int(v.shape[-1]) for k, v in shapes.items()}
+
+
+def extract(extract_fn, variables, batches, *, num_examples=None, stop_when_full=False,
+            log_every_s=30.0, jit_fn=None):
+  """Runs `extract_fn` over `batches` and keeps the valid rows, in order.
+
+  Args:
+    extract_fn: from `make_extract_fn`.
+    variables: the trunk's variables.
+    batches: iterable of dicts image/label/mask (mask False = padding, dropped).
+    num_examples: optional count of valid rows to keep (preallocates).
+    stop_when_full: stop reading `batches` once num_examples rows are kept (else the
+      iterator is read to its end, e.g. so that a tf.data cache completes).
+    log_every_s: progress logging period in seconds.
+    jit_fn: an already jitted extract_fn (reuse its compilation across calls).
+  Returns:
+    ({name: np.ndarray[N, D]}, labels np.int32[N]).
+  """
+  fn = jit_fn if jit_fn is not None else jax.jit(extract_fn)
+  out, labels, filled = None, [], 0
+  pending = None
+  t0 = last = time.perf_counter()
+
+  def drain(item):
+    nonlocal out, filled
+    feats, mask, lab = item
+    feats = jax.device_get(feats)
+    keep = np.flatnonzero(mask)
+    if num_examples is not None:
+      keep = keep[:max(num_examples - filled, 0)]
+    if out is None:
+      if num_examples is not None:
+        out = {k: np.empty((num_examples, v.shape[1]), v.dtype) for k, v in feats.items()}
+      else:
+        out = {k: [] for k in feats}
+    for k, v in feats.items():
+      if num_examples is not None:
+        out[k][filled:filled + len(keep)] = v[keep]
+      else:
+        out[k].append(v[keep])
+    labels.append(np.asarray(lab)[keep])
+    filled += len(keep)
+
+  for batch in batches:
+    if num_examples is not None and filled >= num_examples:
+      if stop_when_full:
+        break
+      continue
+    # Dispatch this batch before fetching the previous one: the device keeps working.
+    item = (fn(variables, jnp.asarray(batch['image'])), np.asarray(batch['mask'], bool),
+            batch['label'])
+    if pending is not None:
+      drain(pending)
+    pending = item
+    if time.perf_counter() - last > log_every_s:
+      last = time.perf_counter()
+      logging.info('extracted %d examples (%.0f/s)', filled, filled / (last - t0))
+  if pending is not None:
+    drain(pending)
+  if out is None:
+    raise ValueError('no batches to extract features from')
+  if num_examples is None:
+    out = {k: np.concatenate(v) for k, v in out.items()}
+  elif filled < num_examples:
+    out = {k: v[:filled] for k, v in out.items()}
+  return out, np.concatenate(labels).astype(np.int32)

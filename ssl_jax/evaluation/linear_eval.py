@@ -1,0 +1,555 @@
+"""The linear-evaluation job: `run(config, workdir)` (config: configs/linear_eval.py).
+
+1. Restore the pretext trunk (`checkpoint.restore_trunk(config.pretrained)`), frozen,
+   BatchNorm in inference mode; build it with the pretext run's model settings.
+2. Images from config.data (independent of the pretext data: transfer works), with
+   the eval preprocessing (config.input.pp_*; patch models: the study's patch geometry).
+3. Per endpoint pooled features; one head per endpoint trained jointly on the train
+   split ('cached': features extracted once; 'faithful': trunk at every step).
+   Epochs, lr and weight decay are selected on the held-out val split only.
+4. The test split is scored once, at the end, with the selected heads; MLP head, kNN and
+   low-shot likewise. Every number names its split.
+5. workdir/results.json, TensorBoard scalars (clu, if installed) and a console table.
+
+TensorFlow is imported only by the TFDS source, lazily; `evaluate_arrays` runs the
+whole evaluation on numpy arrays without it.
+"""
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax.evaluation import features
+from ssl_jax.evaluation import knn
+from ssl_jax.evaluation import linear
+from ssl_jax.evaluation import lowshot
+from ssl_jax.evaluation import pooling
+from ssl_jax.evaluation import solvers
+from ssl_jax.evaluation import sources
+
+PATCH_TASKS = ('jigsaw', 'relative_patch_location')
+MODES = ('cached', 'faithful')
+SOLVERS = ('sgd', 'lbfgs', 'ridge')
+SPLITS = ('train', 'val', 'test')
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def validate(config):
+  """ValueError naming the key, value and what is allowed, before anything compiles."""
+  def allowed(key, value, choices):
+    if value not in choices:
+      raise ValueError(f'config.{key}={value!r} is not allowed; allowed: {list(choices)}')
+  e = config.eval
+  allowed('eval.mode', e.mode, MODES)
+  allowed('eval.solver', e.solver, SOLVERS)
+  allowed('eval.pool_mode', e.pool_mode, pooling.MODES)
+  allowed('eval.patch_combine', e.patch_combine, ('avg', 'max', 'concat'))
+  allowed('eval.cache_dtype', e.cache_dtype, ('float32', 'bfloat16'))
+  allowed('data.source', config.data.source, ('tfds', 'in_memory', 'synthetic'))
+  if e.mode == 'faithful' and e.solver != 'sgd':
+    raise ValueError(f"config.eval.solver={e.solver!r} needs cached features; the "
+                     "faithful mode trains with 'sgd'")
+  if e.views < 1:
+    raise ValueError(f'config.eval.views={e.views} must be >= 1')
+  if e.target_dims < 1:
+    raise ValueError(f'config.eval.target_dims={e.target_dims} must be >= 1')
+  if not config.data.val_split:
+    raise ValueError('config.data.val_split is empty: model selection needs a held-out '
+                     'validation split carved from train (never the test split)')
+  if config.data.val_split == config.data.test_split:
+    raise ValueError(f'config.data.val_split == test_split ({config.data.test_split!r}): '
+                     'selection on the test split is not allowed')
+  linear.make_config(config.train)  # Unknown keys / values fail here.
+  if config.mlp.enabled:
+    linear.make_config(config.train, **config.mlp.train.to_dict())
+  for p in config.knn.presets:
+    allowed('knn.presets[]', p, sorted(knn.PRESETS))
+
+
+def _names(spec, available):
+  if not spec:
+    return [n for n in available if n != 'logits']
+  names = [s.strip() for s in spec.split(',') if s.strip()]
+  for n in names:
+    if n not in available:
+      raise ValueError(f'endpoint {n!r} is not an endpoint of this trunk; allowed: '
+                       f'{list(available)}')
+  return names
+
+
+# ----------------------------------------------------------------------------- trunk
+
+
+def _num_classes(params):
+  if 'logits' in params and 'bias' in params['logits']:
+    return int(np.shape(params['logits']['bias'])[0])
+  raise ValueError('trunk params have no logits layer (params["logits"]["bias"])')
+
+
+def load_trunk(config, image_shape=None):
+  """The frozen trunk: dict(model, variables, model_config, task, patch_size, name).
+
+  Args:
+    config: the linear-eval config (pretrained, checkpoint_step, eval.trunk_dtype;
+      model when pretrained == '').
+    image_shape: (H, W, 3) of the eval crops; needed only for a random trunk.
+  """
+  from ssl_jax import models  # pylint: disable=g-import-not-at-top
+  if config.pretrained:
+    from ssl_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    step = None if config.checkpoint_step < 0 else config.checkpoint_step
+    pretext, params, stats = checkpoint.restore_trunk(config.pretrained, step=step)
+    m, task = pretext.model, pretext.task
+    patch_size = pretext.patches.patch_size if task in PATCH_TASKS else None
+    num_classes = _num_classes(params)
+  else:
+    m, task, patch_size, params, stats = config.model, 'random_init', None, None, None
+    num_classes = config.data.num_classes
+  model = models.create_model(
+      m.name, num_classes=num_classes, width=m.width,
+      dtype=config.eval.trunk_dtype or m.dtype, patch_strides=m.patch_strides,
+      small_input=m.small_input, last_relu=m.last_relu, bn_axis_name=None)
+  if params is None:
+    if image_shape is None:
+      raise ValueError('a random trunk needs the image shape')
+    # One compiled program: eager init would compile every initializer separately.
+    init = jax.jit(lambda rng, x: model.init(rng, x, train=False))
+    # 'unsafe_rbg' keys compile several times faster than threefry on a CPU; the
+    # values of a random baseline trunk do not need threefry's guarantees.
+    variables = init(jax.random.key(config.seed, impl='unsafe_rbg'),
+                     jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+    variables = jax.tree.map(np.asarray, dict(variables))
+  else:
+    variables = {'params': params}
+    if stats:
+      variables['batch_stats'] = stats
+  return {'model': model, 'variables': variables, 'model_config': m.to_dict(),
+          'task': task, 'patch_size': patch_size, 'name': m.name,
+          'endpoints': tuple(models.ENDPOINTS[m.name])}
+
+
+def preprocessing(config, patch_size):
+  """(pp_train, pp_eval): patch models get the study's geometry scaled to patch_size."""
+  if patch_size:
+    crop = 3 * patch_size
+    resize = int(round(crop * 224 / 192))  # The study: 224 -> 192 = 3 x 64.
+    pp = f'decode|resize_small({resize})|crop({crop})'
+    return pp, pp
+  default = f'decode|resize({config.data.image_size})'
+  return config.input.pp_train or default, config.input.pp_eval or default
+
+
+def make_source(config, pp_train, pp_eval, arrays=None):
+  """A sources.* object for config.data (or the given arrays)."""
+  if arrays is None and config.data.source == 'synthetic':
+    arrays = synthetic_arrays(config)
+  if arrays is None and config.data.source == 'in_memory':
+    import input_pipeline  # pylint: disable=g-import-not-at-top
+    arrays = {s: input_pipeline.load_arrays(config, s) for s in SPLITS}
+  n_max = config.eval.max_train_examples
+  if arrays is not None:
+    arrays = dict(arrays)
+    if n_max > 0:
+      arrays['train'] = tuple(a[:n_max] for a in arrays['train'])
+    return sources.ArraySource(arrays, pp_train, pp_eval)
+  pcfg = config.copy_and_resolve_references()
+  with pcfg.unlocked():
+    pcfg.input.pp_train, pcfg.input.pp_eval = pp_train, pp_eval
+  return sources.TfdsSource(pcfg)
+
+
+def synthetic_arrays(config):
+  """Random uint8 images with the dataset's size (benchmarks without data)."""
+  rng = np.random.RandomState(config.seed)
+  size = config.data.image_size
+  n = config.data.get('synthetic_examples', 1024)
+  out = {}
+  for split, m in (('train', n), ('val', max(n // 10, 1)), ('test', max(n // 5, 1))):
+    out[split] = (rng.randint(0, 256, (m, size, size, 3), dtype=np.uint8),
+                  rng.randint(0, config.data.num_classes, (m,)).astype(np.int32))
+  return out
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(config, workdir, *, arrays=None):
+  """The job: evaluates config.pretrained's trunk; writes workdir/results.json.
+
+  Args:
+    config: a configs/linear_eval.py config.
+    workdir: output directory (results.json, TensorBoard events).
+    arrays: optional {'train'|'val'|'test': (u8 images, labels)}: no TFDS needed.
+  Returns:
+    the results dict (as written to results.json).
+  """
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  trunk, source, (pp_train, pp_eval) = trunk_and_source(config, arrays)
+  writer = _make_writer(workdir)
+  results = evaluate(config, trunk, source, writer=writer)
+  results['preprocessing'] = {'train': pp_train, 'eval': pp_eval}
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=2, sort_keys=True)
+  table = format_table(results)
+  print(table, flush=True)
+  logging.info('linear evaluation results:\n%s', table)
+  write_final_scalars(writer, results)
+  if writer is not None:
+    writer.flush()
+  return results
+
+
+def evaluate_arrays(config, arrays, *, trunk=None, writer=None):
+  """The whole evaluation on numpy arrays (no TensorFlow), e.g. on the GPU machine.
+
+  Args:
+    config: a configs/linear_eval.py config (data.* splits are ignored).
+    arrays: {'train'|'val'|'test': (u8[N,H,W,3], int[N])}.
+    trunk: optional `load_trunk`-style dict (default: from config.pretrained).
+    writer: optional clu metric writer.
+  """
+  validate(config)
+  trunk, source, _ = trunk_and_source(config, arrays, trunk)
+  return evaluate(config, trunk, source, writer=writer)
+
+
+def trunk_and_source(config, arrays=None, trunk=None):
+  """(trunk dict, source, (pp_train, pp_eval)); a random trunk is built at the crop size."""
+  if trunk is None and config.pretrained:
+    trunk = load_trunk(config)
+  pp = preprocessing(config, trunk['patch_size'] if trunk else None)
+  source = make_source(config, *pp, arrays=arrays)
+  if trunk is None:
+    trunk = load_trunk(config, image_shape=source.image_shape(train=False))
+  return trunk, source, pp
+
+
+def evaluate(config, trunk, source, *, writer=None):
+  """Trains/selects/scores every head; returns the results dict."""
+  e = config.eval
+  names = _names(e.endpoints, trunk['endpoints'])
+  patch_grid = 3 if trunk['patch_size'] else None
+  cache_dtype = jnp.bfloat16 if e.cache_dtype == 'bfloat16' else jnp.float32
+  make_fn = lambda eps, dtype=cache_dtype, gavg=e.global_avg: features.make_extract_fn(
+      trunk['model'], eps, pool_mode=e.pool_mode, target_dims=e.target_dims,
+      patch_grid=patch_grid, patch_combine=e.patch_combine, global_avg=gavg,
+      out_dtype=dtype)
+  variables = jax.device_put(trunk['variables'])
+  image_shape = source.image_shape(train=False)
+  dims = features.feature_dims(make_fn(names), variables, image_shape)
+  for section in ('mlp', 'knn', 'lowshot'):  # Typos fail now, not after training.
+    if config[section].enabled:
+      _names(config[section].endpoints, list(dims))
+  sizes = {s: source.num_examples(s) for s in SPLITS}
+  if e.max_train_examples > 0:
+    sizes['train'] = min(sizes['train'], e.max_train_examples)
+  num_classes = config.data.num_classes
+  logging.info('trunk %s (%s), endpoints %s, pooled dims %s, splits %s', trunk['name'],
+               trunk['task'], names, dims, sizes)
+  results = {
+      'pretrained': config.pretrained or None, 'pretext_task': trunk['task'],
+      'model': trunk['model_config'], 'dataset': config.data.name,
+      'splits': {s: config.data[f'{s}_split'] for s in SPLITS},
+      'num_examples': sizes, 'mode': e.mode, 'solver': e.solver,
+      'pool_mode': e.pool_mode, 'target_dims': e.target_dims,
+      'patch_model': bool(patch_grid), 'image_shape': list(image_shape),
+      'dims': dims, 'linear': {}, 'mlp': {}, 'knn': {}, 'lowshot': {}, 'timing': {},
+      'device': f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind} '
+                f'x{jax.device_count()}',
+  }
+  t0 = time.perf_counter()
+  if e.mode == 'faithful':
+    _faithful(config, make_fn(names, jnp.float32), variables, source, dims, sizes,
+              num_classes, results, writer)
+    extra = sorted(set(_aux_endpoints(config, dims)))
+    if extra:
+      _cached(config, make_fn, extra, variables, source, sizes, num_classes, results,
+              writer, linear_heads=False)
+  else:
+    bytes_per = 2 if e.cache_dtype == 'bfloat16' else 4
+    rows = sizes['train'] * e.views + sizes['val'] + sizes['test']
+    for group in plan_groups(dims, rows, bytes_per, e.max_cache_gb):
+      _cached(config, make_fn, group, variables, source, sizes, num_classes, results,
+              writer, linear_heads=True)
+  results['timing']['total_s'] = time.perf_counter() - t0
+  return results
+
+
+def _aux_endpoints(config, dims):
+  out = []
+  if config.mlp.enabled:
+    out += _names(config.mlp.endpoints, list(dims))
+  if config.knn.enabled:
+    out += _names(config.knn.endpoints, list(dims))
+  if config.lowshot.enabled:
+    out += _names(config.lowshot.endpoints, list(dims))
+  return out
+
+
+def plan_groups(dims, rows, bytes_per_value, max_gb):
+  """Endpoint groups whose cached features (rows x dims) fit in max_gb (0: one group).
+
+  Names ending in the global-average suffix stay with their endpoint.
+  """
+  base = {}
+  for name, d in dims.items():
+    root = name[:-len(features.GAP_SUFFIX)] if name.endswith(features.GAP_SUFFIX) else name
+    base[root] = base.get(root, 0) + d
+  if max_gb <= 0:
+    return [sorted(base)]
+  budget = max_gb * 2**30
+  groups, cur, used = [], [], 0
+  for name in sorted(base, key=lambda n: -base[n]):
+    size = base[name] * rows * bytes_per_value
+    if cur and used + size > budget:
+      groups.append(cur)
+      cur, used = [], 0
+    cur.append(name)
+    used += size
+  if cur:
+    groups.append(cur)
+  return groups
+
+
+# ----------------------------------------------------------------------------- cached
+
+
+def _extract_split(config, fn, variables, source, split, n, jit_fn):
+  batches = source.eval_batches(split, config.eval_batch_size)
+  return features.extract(fn, variables, batches, num_examples=n, jit_fn=jit_fn,
+                          stop_when_full=config.eval.max_train_examples > 0)
+
+
+def _cached(config, make_fn, group, variables, source, sizes, num_classes, results,
+            writer, linear_heads):
+  """Extracts the group's features once, then trains/scores every head on them."""
+  e = config.eval
+  gap = features.GAP_SUFFIX
+  fn = make_fn(sorted({n[:-len(gap)] if n.endswith(gap) else n for n in group}))
+  jit_fn = jax.jit(fn)
+  t = time.perf_counter()
+  train_x, train_y = _extract_split(config, fn, variables, source, 'train',
+                                    sizes['train'], jit_fn)
+  views_x, views_y = [train_x], [train_y]
+  for v in range(1, e.views if linear_heads else 1):
+    batches = sources.view_batches(source, 'train', config.eval_batch_size,
+                                   seed=config.seed + 1000 * v)
+    x, y = features.extract(fn, variables, batches, num_examples=sizes['train'],
+                            jit_fn=jit_fn)
+    views_x.append(x)
+    views_y.append(y)
+  val_x, val_y = _extract_split(config, fn, variables, source, 'val', None, jit_fn)
+  test_x, test_y = _extract_split(config, fn, variables, source, 'test', None, jit_fn)
+  n_imgs = sizes['train'] * len(views_x) + len(val_y) + len(test_y)
+  ext_s = time.perf_counter() - t
+  timing = results['timing']
+  timing['extract_s'] = timing.get('extract_s', 0.0) + ext_s
+  timing['extract_images_per_s'] = n_imgs / max(ext_s, 1e-9)
+  logging.info('extracted %s for %d images in %.1fs', group, n_imgs, ext_s)
+
+  names = sorted(train_x)
+  views = len(views_x)
+  if views > 1:
+    dev_train = {k: jnp.asarray(np.concatenate([vx[k] for vx in views_x])) for k in names}
+    train_labels = np.concatenate(views_y)
+  else:
+    dev_train = {k: jnp.asarray(train_x[k]) for k in names}
+    train_labels = train_y
+  dev_val = {k: jnp.asarray(val_x[k]) for k in names}
+  dev_test = {k: jnp.asarray(test_x[k]) for k in names}
+  del views_x
+
+  if linear_heads:
+    res = _train_cached_heads(config, config.train, dev_train, train_labels, dev_val,
+                              val_y, num_classes, views, writer, 'linear')
+    _record(results, 'linear', res, dev_test, test_y, 'linear', e.mode, e.solver)
+    timing['train_linear_s'] = timing.get('train_linear_s', 0.0) + res['seconds']
+  n = sizes['train']
+  if config.mlp.enabled:
+    mlp_names = _subset(config.mlp.endpoints, names)
+    if mlp_names:
+      mcfg = linear.make_config(config.train, **config.mlp.train.to_dict())
+      res = linear.train_cached({k: dev_train[k] for k in mlp_names}, train_labels,
+                                {k: dev_val[k] for k in mlp_names}, val_y,
+                                num_classes=num_classes, cfg=mcfg, views=views,
+                                log_fn=_log_fn(writer, 'mlp'))
+      _record(results, 'mlp', res, dev_test, test_y, 'mlp', 'cached', 'sgd')
+      timing['train_mlp_s'] = timing.get('train_mlp_s', 0.0) + res['seconds']
+  if config.knn.enabled:
+    for k_name in _subset(config.knn.endpoints, names):
+      for preset in config.knn.presets:
+        k, temp = knn.PRESETS[preset]
+        out = {}
+        for split, qx, qy in (('val', val_x, val_y), ('test', test_x, test_y)):
+          out[split] = knn.knn_accuracy(
+              train_x[k_name][:n].astype(np.float32), train_y[:n],
+              qx[k_name].astype(np.float32), qy, num_classes=num_classes, k=k,
+              temperature=temp)
+        results['knn'].setdefault(preset, {})[k_name] = {
+            'top1': out['test']['top1'], 'top5': out['test']['top5'], 'split': 'test',
+            'count': out['test']['count'], 'val_top1': out['val']['top1'],
+            'k': k, 'temperature': temp}
+  if config.lowshot.enabled:
+    for l_name in _subset(config.lowshot.endpoints, names):
+      t = time.perf_counter()
+      res = lowshot.evaluate(train_x[l_name][:n].astype(np.float32), train_y[:n],
+                             test_x[l_name].astype(np.float32), test_y,
+                             num_classes=num_classes, shots=tuple(config.lowshot.shots),
+                             samples=config.lowshot.samples, seed=config.seed)
+      results['lowshot'][l_name] = {'split': 'test', 'selection': 'leave-one-out CV '
+                                    'inside each low-shot sample',
+                                    'shots': {str(k): v for k, v in res.items()}}
+      timing['lowshot_s'] = timing.get('lowshot_s', 0.0) + time.perf_counter() - t
+
+
+def _subset(spec, names):
+  """The endpoints of spec ('' = all) that are among names (this group's)."""
+  if not spec:
+    return list(names)
+  return [n.strip() for n in spec.split(',') if n.strip() in names]
+
+
+def _train_cached_heads(config, train_cfg, dev_train, train_labels, dev_val, val_y,
+                        num_classes, views, writer, prefix):
+  """Runs config.eval.solver on the cached features (full-batch solvers: one view)."""
+  solver = config.eval.solver
+  if solver != 'sgd' and views > 1:
+    raise ValueError(f'config.eval.views={views} needs the sgd solver; {solver!r} '
+                     'fits one view')
+  if solver == 'lbfgs':
+    return solvers.train_lbfgs(dev_train, train_labels, dev_val, val_y,
+                               num_classes=num_classes, cfg=train_cfg,
+                               iters=config.eval.lbfgs_iters)
+  if solver == 'ridge':
+    return solvers.train_ridge(dev_train, train_labels, dev_val, val_y,
+                               num_classes=num_classes, cfg=train_cfg)
+  return linear.train_cached(dev_train, train_labels, dev_val, val_y,
+                             num_classes=num_classes, cfg=train_cfg, views=views,
+                             log_fn=_log_fn(writer, prefix))
+
+
+def _record(results, key, res, dev_test, test_y, kind, mode, solver):
+  """Scores the selected heads on the test split (once) and stores the row."""
+  sel = res['selected']
+  scores, count = linear.score_cached(sel, dev_test, test_y, kind=kind,
+                                      stats=_stats_for(res['stats'], sel))
+  for name, s in sel.items():
+    results[key][name] = _row(s, scores[name], count, res, mode, solver)
+
+
+def _stats_for(stats, sel):
+  return None if stats is None else {n: stats[n] for n in sel}
+
+
+def _row(s, test, count, res, mode, solver):
+  return {
+      'top1': test['top1'], 'top5': test['top5'], 'split': 'test', 'count': count,
+      'val_top1': s['val_top1'], 'val_top5': s['val_top5'], 'val_split': 'val',
+      'epochs': s['epoch'], 'epochs_trained': res['epochs_trained'],
+      'stopped_early': res['stopped_early'], 'mode': mode, 'solver': solver,
+      'base_lr': s['base_lr'], 'weight_decay': s['weight_decay'], 'grid': s['grid'],
+      'standardize': bool(res['config']['standardize']),
+  }
+
+
+# ----------------------------------------------------------------------------- faithful
+
+
+def _faithful(config, fn, variables, source, dims, sizes, num_classes, results, writer):
+  cfg = linear.make_config(config.train)
+  if config.eval.max_train_examples > 0 and isinstance(source, sources.TfdsSource):
+    raise ValueError('config.eval.max_train_examples needs the in-memory source in the '
+                     'faithful mode (the tf.data pipeline streams the whole split)')
+  steps = max(sizes['train'] // cfg['batch_size'], 1)
+  res = linear.train_faithful(
+      fn, variables, source.train_batches('train', cfg['batch_size'], config.seed),
+      steps, lambda: source.eval_batches('val', config.eval_batch_size), dims=dims,
+      num_classes=num_classes, cfg=cfg, log_fn=_log_fn(writer, 'linear'))
+  scores, count = linear.score_faithful(
+      res['selected'], fn, variables, source.eval_batches('test', config.eval_batch_size),
+      kind=cfg['head'])
+  for name, s in res['selected'].items():
+    results['linear'][name] = _row(s, scores[name], count, res, 'faithful', 'sgd')
+  results['timing']['train_linear_s'] = res['seconds']
+  results['timing']['faithful_s_per_epoch'] = res['seconds_per_epoch']
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _make_writer(workdir):
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError:  # The TF-free GPU machine: results.json only.
+    logging.warning('clu is not installed: no TensorBoard events')
+    return None
+  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+
+def _log_fn(writer, prefix):
+  def log(epoch, row):
+    logging.info('%s epoch %d: %s', prefix, epoch,
+                 ' '.join(f'{k}={v:.4f}' for k, v in row.items() if k != 'epoch'))
+    if writer is not None:
+      writer.write_scalars(epoch, {f'{prefix}/{k}': v for k, v in row.items()
+                                   if k != 'epoch'})
+  return log
+
+
+def write_final_scalars(writer, results):
+  if writer is None:
+    return
+  scalars = {}
+  for key in ('linear', 'mlp'):
+    for name, r in results[key].items():
+      scalars[f'{key}/test_top1/{name}'] = r['top1']
+      scalars[f'{key}/test_top5/{name}'] = r['top5']
+      scalars[f'{key}/val_top1/{name}'] = r['val_top1']
+  for preset, d in results['knn'].items():
+    for name, r in d.items():
+      scalars[f'knn_{preset}/test_top1/{name}'] = r['top1']
+  for name, d in results['lowshot'].items():
+    for k, r in d['shots'].items():
+      scalars[f'lowshot/test_top1_mean/{name}/k{k}'] = r['top1_mean']
+  writer.write_scalars(0, scalars)
+
+
+def format_table(results):
+  """The console table: one row per endpoint and head, every number with its split."""
+  order = {n: i for i, n in enumerate(results['dims'])}
+  lines = [f"linear evaluation of {results['pretrained'] or 'a random trunk'} "
+           f"({results['pretext_task']}, {results['model'].get('name')} "
+           f"k={results['model'].get('width')}) on {results['dataset']}, mode "
+           f"{results['mode']}, solver {results['solver']}, pool {results['pool_mode']}",
+           f"{'head':6s} {'endpoint':16s} {'dims':>6s} {'val top1':>8s} "
+           f"{'test top1':>9s} {'test top5':>9s} {'epoch':>5s} {'lr':>7s} {'wd':>7s}"]
+  for key in ('linear', 'mlp'):
+    for name in sorted(results[key], key=lambda n: order.get(n, 99)):
+      r = results[key][name]
+      lines.append(f"{key:6s} {name:16s} {results['dims'].get(name, 0):6d} "
+                   f"{100 * r['val_top1']:8.2f} {100 * r['top1']:9.2f} "
+                   f"{100 * r['top5']:9.2f} {r['epochs']:5d} {r['base_lr']:7.3g} "
+                   f"{r['weight_decay']:7.3g}")
+  for preset, d in results['knn'].items():
+    for name, r in d.items():
+      lines.append(f"{'knn':6s} {name:16s} {results['dims'].get(name, 0):6d} "
+                   f"{100 * r['val_top1']:8.2f} {100 * r['top1']:9.2f} "
+                   f"{100 * r['top5']:9.2f}   ({preset})")
+  for name, d in results['lowshot'].items():
+    cells = ', '.join(f"k={k}: {100 * r['top1_mean']:.1f}+-{100 * r['top1_std']:.1f}"
+                      for k, r in d['shots'].items())
+    lines.append(f'low-shot {name} test top1 (mean+-std over samples): {cells}')
+  n = results['num_examples']
+  lines.append(f"splits: train={results['splits']['train']} ({n['train']}), "
+               f"val={results['splits']['val']} ({n['val']}), "
+               f"test={results['splits']['test']} ({n['test']}); "
+               f"test scored once with the val-selected heads")
+  return '\n'.join(lines)
+

@@ -1,0 +1,87 @@
+"""Model zoo: the study's trunks (ResNet50 v1/v2, RevNet50, VGG19-BN) in Flax linen.
+
+Every model is `__call__(x f32[N,H,W,3], train: bool) -> (logits f32[N,num_classes],
+endpoints)`; endpoints are float32, NHWC except the 2-D `pre_logits` and `logits`.
+Parameters are float32; `dtype='bfloat16'` only changes the compute dtype.
+Never imports TensorFlow.
+"""
+import numbers
+
+import jax.numpy as jnp
+
+from ssl_jax.models import layers
+from ssl_jax.models import resnet
+from ssl_jax.models import revnet
+from ssl_jax.models import vgg
+
+MODELS = {
+    'resnet50_v1': resnet.ResNet50V1,
+    'resnet50_v2': resnet.ResNet50V2,
+    'revnet50': revnet.RevNet50,
+    'vgg19_bn': vgg.VGG19BN,
+}
+
+ENDPOINTS = {
+    'resnet50_v1': layers.RESNET_ENDPOINTS,
+    'resnet50_v2': layers.RESNET_ENDPOINTS,
+    'revnet50': layers.RESNET_ENDPOINTS,
+    'vgg19_bn': vgg.ENDPOINTS,
+}
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _is_int(value):
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _dtype_name(dtype):
+  try:
+    return jnp.dtype(dtype).name
+  except TypeError:
+    return None
+
+
+def create_model(name, *, num_classes, width=4, dtype='float32', patch_strides=False,
+                 small_input=False, last_relu=True, bn_axis_name=None):
+  """Builds the trunk `name` (see MODELS) with a `num_classes`-way logits layer.
+
+  Args:
+    name: one of MODELS.
+    num_classes: width of the logits layer (>= 1).
+    width: widening factor k >= 1 (k=4: standard ResNet50; VGG width is 8k, so k=8 is
+      vanilla VGG19).
+    dtype: compute dtype, 'float32' or 'bfloat16' (params are float32 either way).
+    patch_strides: the patch tasks' trunk: root conv stride 1 and last stage stride 1
+      (ResNet/RevNet). Ignored by vgg19_bn, as in the study.
+    small_input: 32/64-px full images: 3x3 stride-1 root conv, no root max-pool
+      (ResNet/RevNet; ignored by vgg19_bn).
+    last_relu: ReLU after the final BN (resnet50_v2, revnet50; False = the paper's "(-)"
+      models). resnet50_v1 rejects False (the study does); vgg19_bn ignores it (the study
+      never passes it to VGG, whose pre-logits are always post-ReLU).
+    bn_axis_name: axis name for cross-device BatchNorm statistics; None = per-device
+      statistics (the study's per-core BN).
+
+  Returns:
+    An unbound flax.linen Module.
+
+  Raises:
+    ValueError: naming the bad value and the allowed values.
+  """
+  if name not in MODELS:
+    raise ValueError(f'model name={name!r} is not a known model; allowed: {sorted(MODELS)}')
+  if not _is_int(num_classes) or num_classes < 1:
+    raise ValueError(f'num_classes={num_classes!r} must be an integer >= 1')
+  if not _is_int(width) or width < 1:
+    raise ValueError(f'width={width!r} must be an integer >= 1 (widening factor k; '
+                     'k=4 is the standard ResNet50)')
+  dtype_name = _dtype_name(dtype)
+  if dtype_name not in DTYPES:
+    raise ValueError(f'dtype={dtype!r} is not supported; allowed: {sorted(DTYPES)}')
+  if name == 'resnet50_v1' and not last_relu:
+    raise ValueError(f'last_relu={last_relu!r} is not allowed for resnet50_v1 (the study '
+                     'rejects it: v1 has no final BN and always ends in a ReLU); allowed: '
+                     'last_relu=True, or use resnet50_v2/revnet50 for the "(-)" variants')
+  return MODELS[name](num_classes=int(num_classes), width=int(width), dtype=DTYPES[dtype_name],
+                      patch_strides=bool(patch_strides), small_input=bool(small_input),
+                      last_relu=bool(last_relu), bn_axis_name=bn_axis_name)

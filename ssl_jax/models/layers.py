@@ -1,0 +1,122 @@
+"""Building blocks shared by the model zoo (NHWC, Flax linen).
+
+These reproduce TF1 `tf.layers` defaults as the study used them (spec section 4):
+Glorot-uniform kernels, bias-free trunk convs, BN momentum 0.99 / epsilon 1e-3, and the
+"fixed padding" (explicit pad, then VALID) of the TF ResNet code. Parameters are always
+float32; `dtype` only sets the compute dtype (float32 or bfloat16).
+"""
+import functools
+from typing import Any, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Dtype = Any
+
+# tf.layers.conv2d / dense default kernel init (Flax's default is LeCun-normal).
+KERNEL_INIT = nn.initializers.glorot_uniform()
+
+# Endpoint names every ResNet-family trunk returns (VGG has its own list in vgg.py).
+RESNET_ENDPOINTS = ('after_root', 'block1', 'block2', 'block3', 'block4',
+                    'pre_logits', 'logits')
+
+
+def _pair(k: Union[int, Sequence[int]]) -> tuple:
+  return (k, k) if isinstance(k, int) else tuple(k)
+
+
+def fixed_padding(x, kernel_size: Union[int, Sequence[int]]):
+  """Pads H and W of x [N,H,W,C] with zeros: (k-1)//2 before, the rest after.
+
+  Unlike TF/Flax 'SAME' (which puts the extra pixel after and pads nothing before when the
+  stride divides the size), this is independent of the input size and the stride.
+  """
+  pads = []
+  for k in _pair(kernel_size):
+    total = k - 1
+    pads.append((total // 2, total - total // 2))
+  return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+
+
+def conv(features: int, kernel_size, strides=1, *, dtype: Dtype, padding='VALID',
+         name: Optional[str] = None) -> nn.Conv:
+  """A bias-free trunk conv (Glorot-uniform kernel, float32 params, `dtype` compute)."""
+  return nn.Conv(features, _pair(kernel_size), strides=_pair(strides), padding=padding,
+                 use_bias=False, kernel_init=KERNEL_INIT, dtype=dtype,
+                 param_dtype=jnp.float32, name=name)
+
+
+def conv_fixed(x, features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype,
+               name: str):
+  """Fixed padding then a VALID bias-free conv; call from inside a compact method.
+
+  x [N,H,W,Cin] -> [N, ceil(H/strides), ceil(W/strides), features] for odd kernel sizes.
+  """
+  return conv(features, kernel_size, strides, dtype=dtype, name=name)(
+      fixed_padding(x, kernel_size))
+
+
+def batch_norm(*, train: bool, dtype: Dtype, axis_name: Optional[str]):
+  """nn.BatchNorm with tf.layers.batch_normalization defaults (call with name=...).
+
+  `axis_name=None` gives per-device statistics (the study's per-core BN); a mesh/pmap axis
+  name averages the statistics across that axis.
+  """
+  return functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=0.99, epsilon=1e-3,
+      scale_init=nn.initializers.ones, bias_init=nn.initializers.zeros,
+      dtype=dtype, param_dtype=jnp.float32, axis_name=axis_name)
+
+
+def max_pool_fixed(x, window: int = 3, strides: int = 2):
+  """The root max-pool: zero fixed padding, then a VALID max-pool.
+
+  The padding is ZEROS, not -inf (TF pads with tf.pad before a VALID pool), which matters
+  where the input can be negative (ResNet v2 and RevNet roots have no ReLU).
+  x [N,H,W,C] -> [N, ceil(H/strides), ceil(W/strides), C].
+  """
+  x = fixed_padding(x, window)
+  return nn.max_pool(x, (window, window), strides=(strides, strides), padding='VALID')
+
+
+def global_mean(x):
+  """[N,H,W,C] -> float32 [N,C]; accumulated in float32 even under bf16 compute."""
+  return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+def logits_layer(num_classes: int, *, dtype: Dtype) -> nn.Dense:
+  """The classifier on pre-logits: the study's 1x1 conv with bias == Dense on [N,C].
+
+  Named `logits`; its kernel is Glorot-uniform and its bias zero-initialised.
+  """
+  return nn.Dense(num_classes, use_bias=True, kernel_init=KERNEL_INIT,
+                  bias_init=nn.initializers.zeros, dtype=dtype,
+                  param_dtype=jnp.float32, name='logits')
+
+
+def to_float32(logits, endpoints):
+  """Casts the logits and every endpoint to float32 (the contract of every model)."""
+  return (logits.astype(jnp.float32),
+          {k: v.astype(jnp.float32) for k, v in endpoints.items()})
+
+
+class Trunk(nn.Module):
+  """Fields shared by every model in the zoo (see ssl_jax.models.create_model).
+
+  Attributes:
+    num_classes: width of the logits layer.
+    width: widening factor k (k=4 is the standard ResNet50: 64 root filters, 2048-d
+      pre-logits).
+    dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters stay float32.
+    patch_strides: the patch tasks' trunk (root conv stride 1, last stage stride 1).
+    small_input: 32/64-px full images: 3x3 stride-1 root conv and no root max-pool.
+    last_relu: ReLU after the final BN (ResNet v2 / RevNet); False = the paper's "(-)".
+    bn_axis_name: axis name for cross-device BN statistics; None = per-device.
+  """
+  num_classes: int
+  width: int = 4
+  dtype: Dtype = jnp.float32
+  patch_strides: bool = False
+  small_input: bool = False
+  last_relu: bool = True
+  bn_axis_name: Optional[str] = None

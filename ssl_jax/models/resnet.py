@@ -1,0 +1,126 @@
+"""ResNet50 v1 and v2 as in the study (spec section 4.2/4.3), NHWC.
+
+Widths for widening factor k: root conv 16k, stage outputs 64k/128k/256k/512k, bottleneck
+inner width = stage width / 4, pre-logits 512k. k=4 is the standard ResNet50.
+The stride of a bottleneck sits on its 3x3 conv ("v1.5"), never on the first 1x1.
+"""
+from typing import Any, ClassVar, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ssl_jax.models import layers
+
+Dtype = Any
+
+
+class BottleneckV1(nn.Module):
+  """Post-activation bottleneck: [N,H,W,Cin] -> [N,H/s,W/s,features]."""
+  features: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)
+    conv = lambda f, k, s, name: layers.conv(f, k, s, dtype=self.dtype, name=name)
+    shortcut = x
+    if self.strides > 1 or x.shape[-1] != self.features:
+      # 1x1 convs: TF 'SAME' equals VALID for k=1, whatever the stride.
+      shortcut = conv(self.features, 1, self.strides, 'proj_conv')(x)
+      shortcut = norm(name='proj_bn')(shortcut)
+    y = conv(self.features // 4, 1, 1, 'conv1')(x)
+    y = nn.relu(norm(name='bn1')(y))
+    y = layers.conv_fixed(y, self.features // 4, 3, self.strides, dtype=self.dtype,
+                          name='conv2')
+    y = nn.relu(norm(name='bn2')(y))
+    y = conv(self.features, 1, 1, 'conv3')(y)
+    y = norm(name='bn3')(y)
+    return nn.relu(shortcut + y)
+
+
+class BottleneckV2(nn.Module):
+  """Pre-activation bottleneck: [N,H,W,Cin] -> [N,H/s,W/s,features].
+
+  The projection shortcut (if any) reads the pre-activated input; the identity shortcut
+  reads the raw input; no activation after the sum.
+  """
+  features: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)
+    conv = lambda f, k, s, name: layers.conv(f, k, s, dtype=self.dtype, name=name)
+    shortcut = x
+    x = nn.relu(norm(name='preact_bn')(x))
+    if self.strides > 1 or x.shape[-1] != self.features:
+      shortcut = conv(self.features, 1, self.strides, 'proj_conv')(x)
+    y = conv(self.features // 4, 1, 1, 'conv1')(x)
+    y = nn.relu(norm(name='bn2')(y))
+    y = layers.conv_fixed(y, self.features // 4, 3, self.strides, dtype=self.dtype,
+                          name='conv2')
+    y = nn.relu(norm(name='bn3')(y))
+    y = conv(self.features, 1, 1, 'conv3')(y)
+    return shortcut + y
+
+
+class ResNet(layers.Trunk):
+  """ResNet50 trunk + logits layer; see layers.Trunk for the fields.
+
+  `__call__(x f32[N,H,W,3], train) -> (logits f32[N,num_classes], endpoints)` with
+  endpoints after_root, block1..block4 (NHWC) and pre_logits, logits ([N,C]), all float32.
+  At 224 px: after_root/block1 56x56, block2 28, block3 14, block4 7.
+  """
+  version: ClassVar[str] = 'v2'
+  stage_sizes: ClassVar[tuple] = (3, 4, 6, 3)
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    v1 = self.version == 'v1'
+    if v1 and not self.last_relu:
+      raise ValueError('last_relu=False is not supported by resnet50_v1 (the study '
+                       'rejects it: v1 always ends in a ReLU); use resnet50_v2.')
+    unit = BottleneckV1 if v1 else BottleneckV2
+    norm = layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)
+    endpoints = {}
+
+    # Root: 7x7/2 conv (patch_strides: stride 1; small_input: 3x3/1, no max-pool).
+    k, s = (3, 1) if self.small_input else (7, 1 if self.patch_strides else 2)
+    x = layers.conv_fixed(x, 16 * self.width, k, s, dtype=self.dtype, name='root_conv')
+    if v1:  # v2's root has no BN/ReLU: the first unit pre-activates it.
+      x = nn.relu(norm(name='root_bn')(x))
+    if not self.small_input:
+      x = layers.max_pool_fixed(x, 3, 2)
+    endpoints['after_root'] = x
+
+    # Stage 1 keeps the resolution; stages 2-4 stride their first unit (patch: 2, 2, 1).
+    strides = (1, 2, 2, 1 if self.patch_strides else 2)
+    for i, (n, stride) in enumerate(zip(self.stage_sizes, strides)):
+      for j in range(n):
+        x = unit(64 * self.width * 2**i, stride if j == 0 else 1, dtype=self.dtype,
+                 bn_axis_name=self.bn_axis_name, name=f'block{i + 1}_unit{j + 1}')(x, train)
+      endpoints[f'block{i + 1}'] = x
+
+    if not v1:  # block4 is recorded before the final BN(+ReLU).
+      x = norm(name='final_bn')(x)
+      if self.last_relu:
+        x = nn.relu(x)
+    x = layers.global_mean(x)
+    endpoints['pre_logits'] = x
+    logits = layers.logits_layer(self.num_classes, dtype=self.dtype)(x)
+    endpoints['logits'] = logits
+    return layers.to_float32(logits, endpoints)
+
+
+class ResNet50V1(ResNet):
+  """ResNet50 v1 (post-activation, BN on the projection shortcut, no final BN)."""
+  version: ClassVar[str] = 'v1'
+
+
+class ResNet50V2(ResNet):
+  """ResNet50 v2 (pre-activation, final BN then ReLU iff last_relu)."""
+  version: ClassVar[str] = 'v2'

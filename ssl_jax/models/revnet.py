@@ -1,0 +1,97 @@
+"""RevNet50 as in the study (spec section 4.4), NHWC.
+
+Root: a 7x7/2 conv to 64k channels (no BN/ReLU, and no weight decay: the module is named
+`root_conv_nowd`, which the optimizer's mask excludes), then a zero-padded 3x3/2 max-pool.
+Stages of (3, 4, 6, 3) reversible units at 64k, 128k, 256k, 512k channels, joined by
+`pool_and_double`. Backprop is plain autodiff (the study does not recompute activations).
+"""
+from typing import Any, ClassVar, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ssl_jax.models import layers
+
+Dtype = Any
+
+
+def pool_and_double(x, stride: int):
+  """Average-pools (window = stride, SAME) and doubles channels with zeros.
+
+  x [N,H,W,C] -> [N,ceil(H/stride),ceil(W/stride),2C]: C/2 zero channels in FRONT, the
+  pooled x, C/2 zero channels at the BACK. The placement decides which features land in
+  the next unit's x1 (first half) vs x2 (second half), so it is kept exactly.
+  Padded pixels do not count in the average (TF's SAME avg-pool); stride 1 only doubles.
+  """
+  if stride > 1:
+    x = nn.avg_pool(x, (stride, stride), strides=(stride, stride), padding='SAME',
+                    count_include_pad=False)
+  half = x.shape[-1] // 2
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (half, half)))
+
+
+class RevUnit(nn.Module):
+  """Reversible unit on C channels: [N,H,W,C] -> [N,H,W,C].
+
+  x1, x2 = first/second channel halves; y1 = x1 + G(x2) with G a pre-activation
+  bottleneck C/2 -> C/8 -> C/2 (stride 1, no shortcut); returns concat(x2, y1).
+  """
+  dtype: Dtype = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)
+    c = x.shape[-1]
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    g = nn.relu(norm(name='bn1')(x2))
+    g = layers.conv(c // 8, 1, dtype=self.dtype, name='conv1')(g)
+    g = nn.relu(norm(name='bn2')(g))
+    g = layers.conv_fixed(g, c // 8, 3, 1, dtype=self.dtype, name='conv2')
+    g = nn.relu(norm(name='bn3')(g))
+    g = layers.conv(c // 2, 1, dtype=self.dtype, name='conv3')(g)
+    return jnp.concatenate([x2, x1 + g], axis=-1)
+
+
+class RevNet(layers.Trunk):
+  """RevNet50 trunk + logits layer; see layers.Trunk for the fields.
+
+  `__call__(x f32[N,H,W,3], train) -> (logits f32[N,num_classes], endpoints)` with
+  endpoints after_root, block1..block4 (NHWC, recorded before pooling) and pre_logits
+  ([N,512k]), logits, all float32. At 224 px: after_root/block1 56, block2 28, block3 14,
+  block4 7. patch_strides: root stride 1 and the last pool_and_double only doubles.
+  """
+  stage_sizes: ClassVar[tuple] = (3, 4, 6, 3)
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    endpoints = {}
+    k, s = (3, 1) if self.small_input else (7, 1 if self.patch_strides else 2)
+    # The root conv is a (learned) projection up to 64k channels; no BN/ReLU follows.
+    x = layers.conv_fixed(x, 64 * self.width, k, s, dtype=self.dtype,
+                          name='root_conv_nowd')
+    if not self.small_input:
+      x = layers.max_pool_fixed(x, 3, 2)
+    endpoints['after_root'] = x
+
+    pool_strides = (2, 2, 1 if self.patch_strides else 2)
+    for i, n in enumerate(self.stage_sizes):
+      if i > 0:
+        x = pool_and_double(x, pool_strides[i - 1])
+      for j in range(n):
+        x = RevUnit(dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                    name=f'block{i + 1}_unit{j + 1}')(x, train)
+      endpoints[f'block{i + 1}'] = x
+
+    x = layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)(
+        name='final_bn')(x)
+    if self.last_relu:
+      x = nn.relu(x)
+    x = layers.global_mean(x)
+    endpoints['pre_logits'] = x
+    logits = layers.logits_layer(self.num_classes, dtype=self.dtype)(x)
+    endpoints['logits'] = logits
+    return layers.to_float32(logits, endpoints)
+
+
+RevNet50 = RevNet

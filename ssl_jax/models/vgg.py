@@ -1,0 +1,50 @@
+"""VGG19 with BatchNorm as in the study (spec section 4.5), NHWC.
+
+Width w = 8k (k=8 is vanilla VGG19: 64 first-layer filters). No dropout (BN instead).
+The study applies neither the patch-task strides nor a ReLU option to VGG: the fields
+`patch_strides`, `small_input` and `last_relu` exist for a uniform interface and are
+ignored here.
+"""
+import flax.linen as nn
+
+from ssl_jax.models import layers
+
+ENDPOINTS = ('block1', 'block2', 'block3', 'block4', 'block5', 'fc6', 'pre_logits',
+             'logits')
+
+
+class VGG19BN(layers.Trunk):
+  """VGG19-BN trunk + logits layer; see layers.Trunk for the fields.
+
+  `__call__(x f32[N,H,W,3], train) -> (logits f32[N,num_classes], endpoints)` with
+  endpoints block1..block5 (NHWC, before each 2x2/2 max-pool), fc6 [N,1,1,512k],
+  pre_logits [N,512k] and logits, all float32. fc6's kernel covers the whole remaining
+  map (7x7 at 224 px), so the parameter count depends on the input size.
+  """
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)
+
+    def conv_bn_relu(x, features, kernel, padding, name):
+      x = layers.conv(features, kernel, 1, dtype=self.dtype, padding=padding,
+                      name=f'{name}_conv')(x)
+      return nn.relu(norm(name=f'{name}_bn')(x))
+
+    endpoints = {}
+    w = 8 * self.width
+    for b, (n, features) in enumerate(zip((2, 2, 4, 4, 4), (w, 2 * w, 4 * w, 8 * w, 8 * w))):
+      for i in range(n):
+        # 3x3 stride-1 'SAME' pads 1 on each side, the same as fixed padding.
+        x = conv_bn_relu(x, features, 3, 'SAME', f'block{b + 1}_{i + 1}')
+      endpoints[f'block{b + 1}'] = x
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+
+    x = conv_bn_relu(x, 512 * self.width, x.shape[1:3], 'VALID', 'fc6')
+    endpoints['fc6'] = x
+    x = conv_bn_relu(x, 512 * self.width, 1, 'VALID', 'fc7')
+    x = x.reshape(x.shape[0], -1)  # [N,1,1,C] -> [N,C].
+    endpoints['pre_logits'] = x
+    logits = layers.logits_layer(self.num_classes, dtype=self.dtype)(x)
+    endpoints['logits'] = logits
+    return layers.to_float32(logits, endpoints)

@@ -1,0 +1,362 @@
+"""Tests of the model zoo: parameter counts, endpoint shapes, dtypes, padding semantics.
+
+Big models are only traced (jax.eval_shape: nothing is allocated); anything that really
+runs uses width k=1 and 32-px inputs so the file stays fast on 2 CPU cores.
+"""
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax import models
+from ssl_jax.models import layers
+from ssl_jax.models import revnet
+
+NAMES = tuple(models.MODELS)
+RESNETS = ('resnet50_v1', 'resnet50_v2', 'revnet50')
+
+
+def _variables_shape(model, size, batch=1):
+  x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+
+
+def _outputs_shape(model, size, batch=2):
+  x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  return jax.eval_shape(
+      lambda x: model.init_with_output(jax.random.PRNGKey(0), x, train=False)[0], x)
+
+
+def _trunk_params(params):
+  """Every parameter except the logits layer (BN scale/bias count; batch_stats do not)."""
+  return sum(p.size for k, v in params.items() if k != 'logits' for p in jax.tree.leaves(v))
+
+
+# Spec table 4.1 (trunk only, 224 px), in millions.
+@pytest.mark.parametrize('name,k,millions', [
+    ('resnet50_v1', 4, 23.5), ('resnet50_v2', 4, 23.5), ('revnet50', 4, 5.4),
+    ('vgg19_bn', 4, 34.9), ('resnet50_v1', 16, 375.4), ('resnet50_v2', 16, 375.3),
+    ('revnet50', 16, 85.8), ('vgg19_bn', 16, 558.3)])
+def test_trunk_parameter_counts(name, k, millions):
+  variables = _variables_shape(models.create_model(name, num_classes=1000, width=k), 224)
+  assert abs(_trunk_params(variables['params']) / 1e6 - millions) <= 0.1
+  logits = variables['params']['logits']
+  assert logits['kernel'].shape == (512 * k, 1000) and logits['bias'].shape == (1000,)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_params_float32_under_bf16(name):
+  model = models.create_model(name, num_classes=10, width=1, dtype='bfloat16')
+  variables = _variables_shape(model, 64)
+  dtypes = {x.dtype for x in jax.tree.leaves(variables)}
+  assert dtypes == {jnp.dtype(jnp.float32)}
+  logits, endpoints = _outputs_shape(model, 64)
+  assert logits.dtype == jnp.float32
+  assert {v.dtype for v in endpoints.values()} == {jnp.dtype(jnp.float32)}
+
+
+def _spatial(endpoints, names):
+  return tuple(endpoints[n].shape[1] for n in names)
+
+
+@pytest.mark.parametrize('name,size,kwargs,expected', [
+    (n, 224, {}, (56, 56, 28, 14, 7)) for n in RESNETS] + [
+    (n, 64, {'patch_strides': True}, (32, 32, 16, 8, 8)) for n in RESNETS] + [
+    (n, 32, {'small_input': True}, (32, 32, 16, 8, 4)) for n in RESNETS])
+def test_resnet_endpoint_shapes(name, size, kwargs, expected):
+  k = 2
+  model = models.create_model(name, num_classes=7, width=k, **kwargs)
+  logits, endpoints = _outputs_shape(model, size)
+  assert set(endpoints) == set(models.ENDPOINTS[name])  # eval_shape sorts dict keys.
+  assert _spatial(endpoints, models.ENDPOINTS[name][:5]) == expected
+  for i in range(1, 5):
+    assert endpoints[f'block{i}'].shape[-1] == 64 * k * 2**(i - 1)
+  root_width = 64 * k if name == 'revnet50' else 16 * k
+  assert endpoints['after_root'].shape == (2, expected[0], expected[0], root_width)
+  assert endpoints['pre_logits'].shape == (2, 512 * k)
+  assert endpoints['logits'].shape == logits.shape == (2, 7)
+
+
+@pytest.mark.parametrize('size,kwargs', [(224, {}), (224, {'patch_strides': True}),
+                                         (224, {'small_input': True})])
+def test_vgg_endpoint_shapes(size, kwargs):
+  # patch_strides / small_input are ignored by VGG, as in the study.
+  k = 2
+  logits, endpoints = _outputs_shape(
+      models.create_model('vgg19_bn', num_classes=7, width=k, **kwargs), size)
+  assert set(endpoints) == set(models.ENDPOINTS['vgg19_bn'])
+  assert _spatial(endpoints, models.ENDPOINTS['vgg19_bn'][:6]) == (224, 112, 56, 28, 14, 1)
+  assert [endpoints[f'block{i}'].shape[-1] for i in range(1, 6)] == [
+      8 * k, 16 * k, 32 * k, 64 * k, 64 * k]
+  assert endpoints['fc6'].shape == (2, 1, 1, 512 * k)
+  assert endpoints['pre_logits'].shape == (2, 512 * k)
+  assert logits.shape == (2, 7)
+
+
+def test_create_model_errors_name_the_value():
+  with pytest.raises(ValueError, match=r"'resnet18'.*resnet50_v1"):
+    models.create_model('resnet18', num_classes=10)
+  with pytest.raises(ValueError, match='width=0'):
+    models.create_model('revnet50', num_classes=10, width=0)
+  with pytest.raises(ValueError, match=r"'float16'.*bfloat16"):
+    models.create_model('vgg19_bn', num_classes=10, dtype='float16')
+  with pytest.raises(ValueError, match='last_relu=False.*resnet50_v1'):
+    models.create_model('resnet50_v1', num_classes=10, last_relu=False)
+  with pytest.raises(ValueError, match='num_classes=0'):
+    models.create_model('resnet50_v2', num_classes=0)
+  with pytest.raises(ValueError, match='last_relu=False'):  # The module checks it too.
+    _outputs_shape(models.MODELS['resnet50_v1'](num_classes=3, width=1, last_relu=False), 32)
+  # The "(-)" variants exist for v2 and RevNet.
+  assert not models.create_model('revnet50', num_classes=3, last_relu=False).last_relu
+  assert models.create_model('resnet50_v2', num_classes=3, dtype=jnp.bfloat16).dtype == (
+      jnp.bfloat16)
+
+
+def test_batch_norm_settings():
+  bn = layers.batch_norm(train=True, dtype=jnp.bfloat16, axis_name='data')()
+  assert (bn.momentum, bn.epsilon, bn.use_running_average) == (0.99, 1e-3, False)
+  assert (bn.axis_name, bn.param_dtype) == ('data', jnp.float32)
+
+
+# ---- Padding semantics against numpy. -------------------------------------------------
+
+
+def _np_conv(x, kernel, stride, pad):
+  """Reference cross-correlation of x [H,W,Cin] with kernel [k,k,Cin,Cout]."""
+  x = np.pad(x, (pad, pad, (0, 0)))
+  k = kernel.shape[0]
+  out_h = (x.shape[0] - k) // stride + 1
+  out_w = (x.shape[1] - k) // stride + 1
+  out = np.zeros((out_h, out_w, kernel.shape[-1]))
+  for i in range(out_h):
+    for j in range(out_w):
+      patch = x[i * stride:i * stride + k, j * stride:j * stride + k]
+      out[i, j] = np.einsum('hwc,hwcd->d', patch, kernel)
+  return out
+
+
+class _FixedConv(nn.Module):
+  kernel_size: int
+  strides: int
+
+  @nn.compact
+  def __call__(self, x):
+    return layers.conv_fixed(x, 2, self.kernel_size, self.strides, dtype=jnp.float32,
+                             name='conv')
+
+
+@pytest.mark.parametrize('kernel_size,strides', [(3, 2), (3, 1), (7, 2)])
+def test_conv_fixed_padding(kernel_size, strides):
+  x = np.random.RandomState(0).randn(1, 8, 8, 3).astype(np.float32)
+  module = _FixedConv(kernel_size, strides)
+  params = module.init(jax.random.PRNGKey(0), x)
+  out = np.asarray(module.apply(params, x))[0]
+  kernel = np.asarray(params['params']['conv']['kernel'])
+  half = (kernel_size - 1) // 2
+  ref = _np_conv(x[0], kernel, strides, (half, kernel_size - 1 - half))
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  if strides == 2:  # TF/Flax 'SAME' would pad (half-1, half+1) here: a shifted grid.
+    same = nn.Conv(2, (kernel_size,) * 2, strides=2, padding='SAME', use_bias=False)
+    assert not np.allclose(same.apply({'params': {'kernel': kernel}}, x)[0], ref)
+
+
+def test_fixed_padding_even_kernel():
+  out = layers.fixed_padding(jnp.ones((1, 2, 2, 1)), 4)  # 1 before, 2 after.
+  np.testing.assert_array_equal(np.asarray(out)[0, :, :, 0],
+                                np.pad(np.ones((2, 2)), ((1, 2), (1, 2))))
+
+
+def test_root_max_pool_pads_with_zeros():
+  x = -1.0 - np.arange(25, dtype=np.float32).reshape(1, 5, 5, 1)  # All negative.
+  out = np.asarray(layers.max_pool_fixed(jnp.asarray(x), 3, 2))[0, :, :, 0]
+  padded = np.pad(x[0, :, :, 0], 1)  # Zeros, as tf.pad before a VALID max-pool.
+  ref = np.array([[padded[i:i + 3, j:j + 3].max() for j in (0, 2, 4)] for i in (0, 2, 4)])
+  np.testing.assert_array_equal(out, ref)
+  assert ref[1, 1] == x[0, 1, 1, 0] and ref[0, 0] == 0.0  # Border windows see the zeros.
+  # -inf padding (Flax 'SAME' max-pool) would give negative values on the border.
+  neg_inf = np.asarray(nn.max_pool(jnp.asarray(x), (3, 3), (2, 2), padding='SAME'))
+  assert (neg_inf < 0).all()
+
+
+def test_pool_and_double_layout():
+  x = np.arange(1 * 3 * 3 * 4, dtype=np.float32).reshape(1, 3, 3, 4)
+  out = np.asarray(revnet.pool_and_double(jnp.asarray(x), 2))
+  # TF SAME avg-pool on 3 px: windows {0,1} and {2}; padded pixels are not counted.
+  blocks = (slice(0, 2), slice(2, 3))
+  pooled = np.array([[x[0, r, c].mean(axis=(0, 1)) for c in blocks] for r in blocks])
+  assert out.shape == (1, 2, 2, 8)
+  np.testing.assert_array_equal(out[0, ..., :2], 0.0)  # C/2 zeros in front,
+  np.testing.assert_allclose(out[0, ..., 2:6], pooled, rtol=1e-6)
+  np.testing.assert_array_equal(out[0, ..., 6:], 0.0)  # C/2 at the back.
+  out = np.asarray(revnet.pool_and_double(jnp.asarray(x), 1))  # Only doubles channels.
+  np.testing.assert_array_equal(out, np.pad(x, ((0, 0), (0, 0), (0, 0), (2, 2))))
+
+
+def test_rev_unit_swaps_halves():
+  # 64 channels: the shapes of a k=1 block1 unit (already-compiled ops, so fast).
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 64))
+  unit = revnet.RevUnit()
+  variables = unit.init(jax.random.PRNGKey(1), x, train=False)
+  y = unit.apply(variables, x, train=False)
+  np.testing.assert_array_equal(y[..., :32], x[..., 32:])  # x2 passes through first.
+  assert variables['params']['conv1']['kernel'].shape == (1, 1, 32, 8)  # C/2 -> C/8.
+  assert variables['params']['conv3']['kernel'].shape == (1, 1, 8, 32)  # C/8 -> C/2.
+  # y1 - x1 = G(x2) depends on x2 only.
+  x_other = x.at[..., :32].set(0.0)
+  np.testing.assert_allclose(y[..., 32:] - x[..., :32],
+                             unit.apply(variables, x_other, train=False)[..., 32:],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_initializers():
+  """Glorot-uniform conv/dense kernels, BN scale 1 / bias 0, logits bias 0."""
+  x = jnp.ones((1, 4, 4, 64))
+  kernel = np.asarray(layers.conv(64, 3, dtype=jnp.float32).init(
+      jax.random.PRNGKey(0), x)['params']['kernel'])
+  limit = np.sqrt(6.0 / (9 * 64 + 9 * 64))  # Glorot-uniform bound, fans include 3x3.
+  assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.99 * limit
+  np.testing.assert_allclose(kernel.std(), limit / np.sqrt(3), rtol=0.02)
+  dense = layers.logits_layer(10, dtype=jnp.float32).init(
+      jax.random.PRNGKey(0), x[:, 0, 0])['params']
+  limit = np.sqrt(6.0 / (64 + 10))
+  assert np.abs(dense['kernel']).max() <= limit
+  np.testing.assert_array_equal(dense['bias'], 0.0)
+  bn = layers.batch_norm(train=False, dtype=jnp.float32, axis_name=None)().init(
+      jax.random.PRNGKey(0), x)
+  np.testing.assert_array_equal(bn['params']['scale'], 1.0)
+  np.testing.assert_array_equal(bn['params']['bias'], 0.0)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_module_names(name):
+  """RevNet's root conv is `root_conv_nowd`; trunk convs are bias-free (only BN has bias)."""
+  model = models.create_model(name, num_classes=5, width=1, small_input=True)
+  params = _variables_shape(model, 32)['params']
+  assert ('root_conv_nowd' in params) == (name == 'revnet50')
+  if name == 'revnet50':
+    assert set(params['root_conv_nowd']) == {'kernel'}
+  for path, _ in jax.tree_util.tree_leaves_with_path(params):
+    keys = [p.key for p in path]
+    assert 'nowd' not in '/'.join(keys[1:])
+    if keys[-1] == 'bias' and keys[0] != 'logits':
+      assert 'bn' in keys[-2], keys
+  assert set(params['logits']) == {'kernel', 'bias'}
+
+
+# ---- Real runs (k=1, 32 px). -----------------------------------------------------------
+
+
+def _random_variables(model, x, seed=0):
+  """Variables with the model's structure, filled from numpy (much faster than an eager
+  model.init on 2 CPU cores). BN parameters and statistics are random, not 1/0."""
+  rng = np.random.RandomState(seed)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+
+  def fill(path, leaf):
+    key = path[-1].key
+    if key == 'kernel':
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      value = rng.randn(*leaf.shape) / np.sqrt(fan_in)
+    elif key in ('scale', 'var'):
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    else:  # BN bias, BN mean, logits bias.
+      value = 0.1 * rng.randn(*leaf.shape)
+    return jnp.asarray(value, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope='module')
+def small_runs():
+  """name -> (variables, x, float32 outputs in inference mode), computed once."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+  runs = {}
+  for name in NAMES:
+    model = models.create_model(name, num_classes=10, width=1, small_input=True)
+    variables = _random_variables(model, x)
+    runs[name] = (variables, x, model.apply(variables, x, train=False))
+  return runs
+
+
+def test_endpoint_order(small_runs):
+  for name, (_, _, (_, endpoints)) in small_runs.items():
+    assert tuple(endpoints) == models.ENDPOINTS[name]
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_bf16_matches_float32(small_runs, name):
+  variables, x, (logits, _) = small_runs[name]
+  model = models.create_model(name, num_classes=10, width=1, small_input=True,
+                              dtype='bfloat16')
+  logits_bf16, endpoints = model.apply(variables, x, train=False)
+  assert logits_bf16.dtype == jnp.float32 and endpoints['block1'].dtype == jnp.float32
+  scale = np.abs(np.asarray(logits)).max()
+  assert scale > 0.1  # A meaningful comparison, not two vanishing outputs.
+  np.testing.assert_allclose(logits_bf16, logits, atol=0.05 * scale)
+
+
+@pytest.mark.parametrize('name,last_relu', [('resnet50_v2', True), ('revnet50', True),
+                                            ('revnet50', False)])
+def test_final_bn_relu_after_block4(small_runs, name, last_relu):
+  """block4 is taken before the final BN(+ReLU iff last_relu); pre_logits after it."""
+  variables, x, (_, endpoints) = small_runs[name]
+  if not last_relu:
+    model = models.create_model(name, num_classes=10, width=1, small_input=True,
+                                last_relu=False)
+    _, endpoints = model.apply(variables, x, train=False)
+  bn, stats = variables['params']['final_bn'], variables['batch_stats']['final_bn']
+  y = (np.asarray(endpoints['block4']) - stats['mean']) / np.sqrt(stats['var'] + 1e-3)
+  y = y * bn['scale'] + bn['bias']
+  if last_relu:
+    y = np.maximum(y, 0)
+  np.testing.assert_allclose(endpoints['pre_logits'], y.mean((1, 2)), rtol=1e-4, atol=1e-5)
+  logits = endpoints['pre_logits'] @ variables['params']['logits']['kernel']
+  np.testing.assert_allclose(endpoints['logits'], logits + variables['params']['logits']['bias'],
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_bn_axis_name_reaches_every_batch_norm(small_runs):
+  """With bn_axis_name, each BN averages its statistics across that axis (traced only)."""
+  variables, x, _ = small_runs['resnet50_v2']
+  num_bn = sum(path[-1].key == 'mean' for path, _ in
+               jax.tree_util.tree_leaves_with_path(variables['batch_stats']))
+
+  def count_psums(axis_name):
+    model = models.create_model('resnet50_v2', num_classes=10, width=1, small_input=True,
+                                bn_axis_name=axis_name)
+    fn = lambda x: model.apply(variables, x, train=True, mutable=['batch_stats'])
+    jaxpr = jax.make_jaxpr(jax.vmap(fn, axis_name='data'))(x[:, None])
+    return str(jaxpr).count('psum')
+
+  assert count_psums(None) == 0
+  assert count_psums('data') >= num_bn
+
+
+def test_train_mode_uses_batch_stats_and_momentum(small_runs):
+  variables, x, _ = small_runs['resnet50_v1']
+  model = models.create_model('resnet50_v1', num_classes=10, width=1, small_input=True)
+  (_, endpoints), updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  root = np.asarray(variables['params']['root_conv']['kernel'])
+  conv_out = np.stack([_np_conv(np.asarray(xi), root, 1, (1, 1)) for xi in x])
+  # momentum 0.99: new mean = 0.99 * old mean + 0.01 * batch mean.
+  old = variables['batch_stats']['root_bn']['mean']
+  np.testing.assert_allclose(updates['batch_stats']['root_bn']['mean'],
+                             0.99 * old + 0.01 * conv_out.mean((0, 1, 2)),
+                             rtol=1e-4, atol=1e-5)
+  # The root BN normalises with the batch statistics (biased variance, eps 1e-3).
+  bn = variables['params']['root_bn']
+  y = (conv_out - conv_out.mean((0, 1, 2))) / np.sqrt(conv_out.var((0, 1, 2)) + 1e-3)
+  np.testing.assert_allclose(endpoints['after_root'],
+                             np.maximum(y * bn['scale'] + bn['bias'], 0),
+                             rtol=1e-3, atol=1e-3)
+
+
+def test_models_do_not_import_tensorflow():
+  code = 'import sys, ssl_jax.models; assert "tensorflow" not in sys.modules'
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, '-c', code], check=True, cwd=root)

@@ -1,0 +1,223 @@
+"""The training engine: data-parallel semantics, optimizer, NaN handling, resume."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from configs import rotation as rotation_config
+from ssl_jax import checkpoint
+from ssl_jax import config_lib
+from ssl_jax import optim
+from ssl_jax import parallel
+from ssl_jax import tasks
+from ssl_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_config(**model):
+  c = rotation_config.get_config('smoke')
+  c.model.name = 'resnet50_v2'
+  c.data.source = 'synthetic'
+  c.data.image_size = 8
+  c.optimizer.warmup_epochs = 0.0
+  c.optimizer.weight_decay = 1e-4
+  for k, v in model.items():
+    c.model[k] = v
+  return c
+
+
+class _Stepper:
+  """One compiled train step on `devices`, reusable across batches of one shape."""
+
+  def __init__(self, config, devices, image_shape):
+    self.task = tasks.get_task(config.task)
+    model = self.task.make_model(config)
+    self.mesh = parallel.make_mesh(devices)
+    tx_fn = lambda p: optim.make_optimizer(config.optimizer, p, optax.constant_schedule(0.5))
+    self.state0, tx = train.init_state(config, self.task, model, self.mesh, image_shape, tx_fn)
+    self.params0 = jax.device_get(self.state0['params'])
+    self.step = train.make_train_step(config, self.task, model, tx, self.mesh)
+
+  def __call__(self, images):
+    """Params and metrics after one step from the initial state on `images`."""
+    batch = {'image': images, 'label': np.zeros(len(images), np.int32),
+             'mask': np.ones(len(images), bool)}
+    state = jax.tree.map(lambda x: x.copy(), self.state0)  # the step donates its input
+    state, metrics = self.step(state, parallel.global_batch(self.mesh, batch))
+    return jax.device_get(state['params']), jax.device_get(metrics)
+
+
+def _one_step(config, devices, images):
+  s = _Stepper(config, devices, images.shape[1:])
+  return (s.params0,) + s(images)
+
+
+def _max_diff(a, b):
+  return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope='module')
+def images():
+  return np.random.RandomState(0).randint(0, 256, (16, 8, 8, 3)).astype(np.uint8)
+
+
+def test_cross_device_bn_on_8_devices_matches_one_device(images):
+  assert jax.device_count() == 8
+  config = _tiny_config(cross_device_bn=True)
+  p0, p8, m8 = _one_step(config, jax.devices(), images)
+  _, p1, m1 = _one_step(config, jax.devices()[:1], images)
+  moved = _max_diff(p0, p1)
+  assert moved > 1e-2  # the step moved the params
+  assert _max_diff(p8, p1) < 1e-4 * moved  # float32 reduction-order noise only
+  np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+
+
+def test_per_device_bn_is_the_mean_of_per_shard_steps(images):
+  # With per-device BN each device's loss depends on its shard only, so the first
+  # momentum-SGD step is the mean over shards of one-device steps on each shard
+  # (and differs from the one-device step on the whole batch).
+  config = _tiny_config(cross_device_bn=False)
+  p0, p8, _ = _one_step(config, jax.devices(), images)
+  one_device = _Stepper(config, jax.devices()[:1], images.shape[1:])
+  shard_steps = [one_device(images[2 * i:2 * i + 2])[0] for i in range(8)]
+  expected = jax.tree.map(lambda *xs: np.mean(xs, axis=0), *shard_steps)
+  moved = _max_diff(p0, p8)
+  assert _max_diff(p8, expected) < 1e-4 * moved
+  p1, _ = one_device(images)
+  assert _max_diff(p8, p1) > 1e-2 * moved
+
+
+def test_weight_decay_only_on_kernels_and_not_revnet_root():
+  params = {'trunk': {'root_conv_nowd': {'kernel': np.ones(2)},
+                      'conv': {'kernel': np.ones(2)},
+                      'bn': {'scale': np.ones(2), 'bias': np.ones(2)}},
+            'head': {'Dense_0': {'kernel': np.ones(2), 'bias': np.ones(2)}}}
+  groups = optim.weight_decay_groups(params, 1e-4, {'head': 5e-4})
+  assert sorted(groups) == [1e-4, 5e-4]
+  flat = lambda t: {k: bool(v) for k, v in
+                    __import__('flax').traverse_util.flatten_dict(t, sep='/').items()}
+  assert [k for k, v in flat(groups[1e-4]).items() if v] == ['trunk/conv/kernel']
+  assert [k for k, v in flat(groups[5e-4]).items() if v] == ['head/Dense_0/kernel']
+  # Coupled L2: one plain-SGD step (lr 1, zero gradient) shrinks a kernel by wd * W.
+  c = _tiny_config().optimizer
+  c.momentum = 0.0
+  tx = optim.make_optimizer(c, params, optax.constant_schedule(1.0), {'head': 5e-4})
+  zeros = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates['trunk']['conv']['kernel'], -1e-4)
+  np.testing.assert_allclose(updates['head']['Dense_0']['kernel'], -5e-4)
+  np.testing.assert_allclose(updates['trunk']['root_conv_nowd']['kernel'], 0.0)
+  np.testing.assert_allclose(updates['trunk']['bn']['scale'], 0.0)
+
+
+def test_step_schedule_warmup_and_decays():
+  c = _tiny_config().optimizer
+  c.base_lr, c.lr_scale_batch_size = 0.1, 256
+  c.warmup_epochs, c.decay_epochs, c.decay_factor = 5.0, (15.0, 25.0), 0.1
+  s = optim.learning_rate_schedule(c, batch_size=512, steps_per_epoch=10, total_steps=350)
+  base = 0.2  # 0.1 * 512 / 256
+  expected = {0: 0.0, 25: base * 25 / 50, 50: base, 149: base, 150: base * 0.1,
+              249: base * 0.1, 250: base * 0.01, 349: base * 0.01}
+  for step, lr in expected.items():
+    np.testing.assert_allclose(float(s(step)), lr, rtol=1e-5, err_msg=f'step {step}')
+
+
+def test_config_errors_name_key_value_and_choices():
+  bad = {
+      ('task', 'rotate'): "config.task='rotate'",
+      ('model.name', 'resnet51'): "config.model.name='resnet51'",
+      ('batch_size', 12): 'config.batch_size=12 is not divisible by the 8 devices',
+      ('model.width', 0): 'config.model.width=0',
+      ('data.source', 'hdf5'): "config.data.source='hdf5'",
+      ('optimizer.schedule', 'linear'): "config.optimizer.schedule='linear'",
+  }
+  for (key, value), message in bad.items():
+    c = _tiny_config()
+    node = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    with c.ignore_type():
+      node[leaf] = value
+    with pytest.raises(config_lib.ConfigError, match=message.replace('(', r'\(')):
+      config_lib.validate(c)
+  with pytest.raises(ValueError, match="unknown preset 'cifar100'"):
+    rotation_config.get_config('cifar100')
+  c = _tiny_config()
+  c.model.name, c.model.last_relu = 'resnet50_v1', False
+  with pytest.raises(config_lib.ConfigError, match='last_relu=False'):
+    config_lib.validate(c)
+
+
+def test_few_steps_lower_the_loss_and_nan_stops_with_last_checkpoint(tmp_path):
+  c = _tiny_config()
+  c.data.synthetic_examples = 32
+  c.batch_size = 32
+  c.total_steps = 30
+  c.log_every_steps = 5
+  c.checkpoint_every_steps = 30
+  c.eval_every_steps = -1
+  c.optimizer.base_lr = 0.4
+  c.input.in_memory_augmentation = 'none'
+  # 32 random images, all in every batch: the rotation loss on them must drop.
+  out = train.train_and_evaluate(c.copy_and_resolve_references(), str(tmp_path / 'a'))
+  losses = [m['train_loss'] for m in out['train_history']]
+  assert out['step'] == 30 and len(losses) == 6
+  assert losses[-1] < losses[0] - 0.1, losses
+
+  # A huge learning rate makes the loss non-finite: the run stops naming the step
+  # and the checkpoints written before stay valid (and finite).
+  # Warm-up from lr 0: step 1 changes nothing, step 2 (lr 5e29) blows the weights
+  # up, so the loss of step 3 is the first non-finite one.
+  c.optimizer.base_lr = 1e30
+  c.optimizer.warmup_epochs, c.steps_per_epoch = 1.0, 2
+  c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 12, 1, 1
+  with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step 3'):
+    train.train_and_evaluate(c, str(tmp_path / 'd'))
+  with checkpoint.make_manager(str(tmp_path / 'd')) as manager:
+    assert manager.latest_step() == 2
+  _, params, _ = checkpoint.restore_trunk(str(tmp_path / 'd'))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def _main_cmd(workdir, steps):
+  return [sys.executable, '-m', 'ssl_jax.main', '--config', 'configs/rotation.py:smoke',
+          '--workdir', workdir, '--config.data.source=synthetic',
+          '--config.data.image_size=8', f'--config.total_steps={steps}',
+          '--config.checkpoint_every_steps=2', '--config.log_every_steps=2',
+          '--config.eval_every_steps=-1']
+
+
+def test_killed_run_resumes_to_the_same_final_step(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  workdir = str(tmp_path / 'run')
+  steps = 400
+  proc = subprocess.Popen(_main_cmd(workdir, steps), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    done = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+    if len(done) >= 2:
+      break
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    time.sleep(0.5)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  killed_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  assert killed_at < steps
+  # The same command resumes from the latest complete checkpoint and finishes.
+  out = subprocess.run(_main_cmd(workdir, steps), cwd=ROOT, env=env, capture_output=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr.decode()[-3000:]
+  assert b'resumed from step' in out.stderr
+  with checkpoint.make_manager(workdir) as manager:
+    assert manager.latest_step() == steps
