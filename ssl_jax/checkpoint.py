@@ -12,6 +12,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -76,12 +77,17 @@ def restore_trunk(workdir, step=None):
     raise FileNotFoundError(f'no checkpoints in {path}')
   with ocp.CheckpointManager(path) as manager:
     step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint saved yet in {path}')
-    # Restore without a target: host numpy arrays, whatever the saving mesh.
-    handler = ocp.PyTreeCheckpointHandler()
-    state_dir = os.path.join(path, str(step), 'state')
-    state = handler.restore(state_dir)
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint saved yet in {path}')
+  state = restore_numpy(os.path.join(path, str(step), 'state'))
   params = state['params']['trunk']
   batch_stats = state.get('batch_stats', {}).get('trunk', {})
   return config, params, batch_stats
+
+
+def restore_numpy(state_dir):
+  """A saved pytree as host numpy arrays, whatever mesh saved it (no target needed)."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(state_dir).item_metadata.tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))

@@ -59,8 +59,13 @@ def global_batch(mesh, local_batch):
 
 
 def replicate(mesh, tree):
-  """Puts a host pytree on every device of the mesh (explicit transfer)."""
-  return jax.device_put(tree, replicated(mesh))
+  """Puts a pytree (identical on every host) on every device of the mesh.
+
+  Works across hosts, where `jax.device_put` to non-addressable devices cannot.
+  """
+  sharding = replicated(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
 
 def check_batch_divisible(batch_size, num_devices, what='config.batch_size'):

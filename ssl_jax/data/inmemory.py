@@ -37,7 +37,7 @@ class InMemoryTrain:
     self.steps_per_epoch = self.num_examples // batch_size
     self._images = parallel.replicate(mesh, images)
     self._labels = parallel.replicate(mesh, np.asarray(labels, np.int32))
-    self._key = parallel.replicate(mesh, jax.random.key(seed))
+    self._key = parallel.replicate(mesh, jax.random.key_data(jax.random.key(seed)))
     self._step_sharding = parallel.replicated(mesh)
     self._fn = jax.jit(
         functools.partial(_batch, batch_size=batch_size, steps_per_epoch=self.steps_per_epoch,
@@ -53,6 +53,7 @@ class InMemoryTrain:
 
 def _batch(images, labels, key, step, *, batch_size, steps_per_epoch, augmentation,
            image_size):
+  key = jax.random.wrap_key_data(key)
   epoch, index = step // steps_per_epoch, step % steps_per_epoch
   perm = jax.random.permutation(jax.random.fold_in(key, epoch), images.shape[0])
   idx = jax.lax.dynamic_slice(perm, (index * batch_size,), (batch_size,))

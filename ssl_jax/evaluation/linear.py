@@ -29,7 +29,6 @@ Train config keys (a dict or ConfigDict; see configs/linear_eval.py `train`):
 """
 import functools
 import itertools
-import logging
 import math
 import time
 
@@ -438,8 +437,10 @@ def train_cached(train_feats, train_labels, val_feats, val_labels, *, num_classe
     views: number of augmented views stacked in train_feats.
     log_fn: optional callback(epoch, dict of scalars) for progress logging.
   Returns:
-    dict(selected=`select(...)`, epochs_trained, stopped_early, seconds,
-    seconds_per_epoch, stats (standardization stats or None), history).
+    dict(selected=`select(...)`, epochs_trained, stopped_early, seconds (wall, with
+    compilation), seconds_per_epoch, chunk_seconds [(epochs, seconds) per evaluation
+    period, validation included; the first holds the compilation], stats
+    (standardization stats or None), history, config).
   """
   cfg = make_config(cfg)
   names = sorted(train_feats)
@@ -461,10 +462,11 @@ def train_cached(train_feats, train_labels, val_feats, val_labels, *, num_classe
   train_labels = jnp.asarray(train_labels, jnp.int32)
   val_labels = jnp.asarray(val_labels, jnp.int32)
 
-  epoch, history, stopped = 0, [], False
+  epoch, history, stopped, chunks = 0, [], False, []
   t0 = time.perf_counter()
   while epoch < cfg['epochs']:
     chunk = min(cfg['eval_every'], cfg['epochs'] - epoch)
+    tc = time.perf_counter()
     params, opt_state, train_loss = _run_epochs(
         params, opt_state, train_feats, train_labels, lr0, stopper.lr_scale(), wd,
         stats, jax.random.fold_in(rng, 1), jnp.int32(epoch), cfg_items=cfg_items,
@@ -472,7 +474,8 @@ def train_cached(train_feats, train_labels, val_feats, val_labels, *, num_classe
     epoch += chunk
     metrics, _ = evaluate_cached(params, val_feats, val_labels, val_mask, stats,
                                  kind=cfg['head'], batch_size=cfg['eval_batch_size'])
-    sel, improved = _selection_update(sel, metrics, params, epoch)
+    sel, improved = _selection_update(sel, metrics, params, epoch)  # (synchronises)
+    chunks.append((chunk, time.perf_counter() - tc))
     history.append(_history_row(epoch, train_loss, metrics))
     if log_fn is not None:
       log_fn(epoch, history[-1])
@@ -482,6 +485,7 @@ def train_cached(train_feats, train_labels, val_feats, val_labels, *, num_classe
   seconds = time.perf_counter() - t0
   return {'selected': select(sel, cfg), 'epochs_trained': epoch, 'stopped_early': stopped,
           'seconds': seconds, 'seconds_per_epoch': seconds / max(epoch, 1),
+          'chunk_seconds': chunks,
           'stats': stats, 'history': history, 'config': cfg}
 
 
@@ -494,6 +498,35 @@ def _history_row(epoch, train_loss, metrics):
 
 
 # ----------------------------------------------------------------------------- faithful
+
+
+def make_faithful_step(extract_fn, dims, num_classes, cfg, steps_per_epoch):
+  """Initial heads and the jitted faithful train step.
+
+  Returns:
+    (params, opt_state, train_step) with
+    train_step(params, opt_state, trunk_variables, batch, lr_scale, step) ->
+    (params, opt_state, {endpoint: f32[G] batch CE}); batch = dict(image u8, label,
+    mask) as device arrays; lr_scale {endpoint: f32[G]} (1 = the schedule's lr).
+  """
+  cfg = make_config(cfg)
+  names = sorted(dims)
+  params = init_heads(cfg['seed'], dims, num_classes, cfg)
+  opt_state = {k: _tx(cfg).init(v) for k, v in params.items()}
+  lr0, wd = hyper_arrays(names, cfg, cfg['batch_size'])
+  factor = schedule_factor(cfg, steps_per_epoch)
+  step_rng = jax.random.fold_in(jax.random.PRNGKey(cfg['seed']), 1)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(params, opt_state, trunk_vars, batch, lr_scale, step):
+    feats = jax.lax.stop_gradient(extract_fn(trunk_vars, batch['image']))
+    t = factor(step)
+    lr = {k: lr0[k] * lr_scale[k] * t for k in lr0}
+    return _update(params, opt_state, feats, batch['label'],
+                   batch['mask'].astype(jnp.float32), lr, wd,
+                   jax.random.fold_in(step_rng, step), None, cfg=cfg)
+
+  return params, opt_state, train_step
 
 
 def train_faithful(extract_fn, trunk_variables, train_batches, steps_per_epoch,
@@ -521,23 +554,10 @@ def train_faithful(extract_fn, trunk_variables, train_batches, steps_per_epoch,
     raise ValueError('train.standardize=True needs cached features; the faithful mode '
                      'trains on raw pooled features as the study (set it to False)')
   names = sorted(dims)
-  rng = jax.random.PRNGKey(cfg['seed'])
-  params = init_heads(cfg['seed'], dims, num_classes, cfg)
-  opt_state = {k: _tx(cfg).init(v) for k, v in params.items()}
-  lr0, wd = hyper_arrays(names, cfg, cfg['batch_size'])
+  params, opt_state, train_step = make_faithful_step(extract_fn, dims, num_classes, cfg,
+                                                     steps_per_epoch)
   sel = _selection_init(jax.device_get(params))
   stopper = _Stopper(names, len(grid(cfg)), cfg)
-  factor = schedule_factor(cfg, steps_per_epoch)
-  step_rng = jax.random.fold_in(rng, 1)
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_step(params, opt_state, trunk_vars, batch, lr_scale, step):
-    feats = jax.lax.stop_gradient(extract_fn(trunk_vars, batch['image']))
-    t = factor(step)
-    lr = {k: lr0[k] * lr_scale[k] * t for k in lr0}
-    return _update(params, opt_state, feats, batch['label'],
-                   batch['mask'].astype(jnp.float32), lr, wd,
-                   jax.random.fold_in(step_rng, step), None, cfg=cfg)
 
   @jax.jit
   def eval_step(params, trunk_vars, batch):
@@ -549,11 +569,12 @@ def train_faithful(extract_fn, trunk_variables, train_batches, steps_per_epoch,
     sums = [eval_step(params, trunk_variables, _as_batch(b)) for b in val_batches()]
     return _mean_of_sums(sums)
 
-  epoch, step, history, stopped = 0, 0, [], False
+  epoch, step, history, stopped, chunks = 0, 0, [], False, []
   it = iter(train_batches)
   t0 = time.perf_counter()
   while epoch < cfg['epochs']:
     chunk = min(cfg['eval_every'], cfg['epochs'] - epoch)
+    tc = time.perf_counter()
     losses = []
     for _ in range(chunk * steps_per_epoch):
       batch = _as_batch(next(it))
@@ -565,7 +586,8 @@ def train_faithful(extract_fn, trunk_variables, train_batches, steps_per_epoch,
     losses = jax.device_get(losses)
     train_loss = {k: np.mean([l[k] for l in losses], 0) for k in names}
     metrics = evaluate()
-    sel, improved = _selection_update(sel, metrics, params, epoch)
+    sel, improved = _selection_update(sel, metrics, params, epoch)  # (synchronises)
+    chunks.append((chunk, time.perf_counter() - tc))
     history.append(_history_row(epoch, train_loss, metrics))
     if log_fn is not None:
       log_fn(epoch, history[-1])
@@ -575,6 +597,7 @@ def train_faithful(extract_fn, trunk_variables, train_batches, steps_per_epoch,
   seconds = time.perf_counter() - t0
   return {'selected': select(sel, cfg), 'epochs_trained': epoch, 'stopped_early': stopped,
           'seconds': seconds, 'seconds_per_epoch': seconds / max(epoch, 1),
+          'chunk_seconds': chunks,
           'stats': None, 'history': history, 'config': cfg}
 
 
@@ -636,5 +659,3 @@ def score_faithful(selected, extract_fn, trunk_variables, batches, *, kind):
 def num_steps(n, batch_size):
   return math.ceil(n / batch_size)
 
-
-logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -9,6 +9,8 @@ epsilon 1e-5 (not the trunk's 0.99 / 1e-3). The task model names this module
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.tasks import common
+
 HEAD_WEIGHT_DECAY = {'head': 5e-4}
 
 
@@ -42,21 +44,17 @@ class FcHead(nn.Module):
 
 
 def make_trunk(model, embed_dim):
-  """The shared patch trunk; `model` is dict(config.model). Assign it to `self.trunk`
-  in a setup() so its variables live under params['trunk'] / batch_stats['trunk'].
+  """The shared patch trunk built from config.model; assign it to `self.trunk`.
 
-  Its logits layer, `embed_dim` (1000) wide and linear, is the patch embedding.
+  Created in setup(), its variables live under params['trunk'] and
+  batch_stats['trunk']. Its logits layer, `embed_dim` (1000) wide and linear, is
+  the patch embedding.
   """
-  from ssl_jax import models  # pylint: disable=g-import-not-at-top
-  return models.create_model(
-      model['name'], num_classes=embed_dim, width=model['width'], dtype=model['dtype'],
-      patch_strides=model['patch_strides'], small_input=model['small_input'],
-      last_relu=model['last_relu'],
-      bn_axis_name='data' if model['cross_device_bn'] else None)
+  return common.make_trunk(model, embed_dim)
 
 
 def make_head(model, patches, num_classes):
-  """FcHead from dict(config.model) and dict(config.patches); assign to `self.head`."""
+  """FcHead from config.model and config.patches; assign it to `self.head`."""
   return FcHead(num_classes=num_classes, hidden=patches['head_hidden'],
                 dropout_rate=patches['dropout_rate'],
                 bn_axis_name='data' if model['cross_device_bn'] else None,
