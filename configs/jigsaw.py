@@ -123,6 +123,9 @@ def patch_task_config(preset, task):
   else:
     raise ValueError(f'unknown preset {preset!r} for configs/{task}.py; '
                      f'allowed: {list(PRESETS)}')
+  # The linear-evaluation preset of the same data (patch geometry is automatic there);
+  # used when --config.run_linear_eval=True.
+  c.linear_eval_preset = preset
   return c
 
 

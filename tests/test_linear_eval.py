@@ -238,6 +238,19 @@ def test_ridge_leave_one_out_is_exact():
       assert mse[g] == pytest.approx(np.mean((preds - y) ** 2), rel=1e-3)
 
 
+def test_ridge_solver_primal_and_dual_match_direct_solve():
+  rng = np.random.RandomState(10)
+  for n, d in ((50, 20), (20, 50)):
+    x = rng.randn(n, d).astype(np.float32)
+    y = rng.randn(n, 3).astype(np.float32)
+    w = np.asarray(solvers._ridge_path(jnp.asarray(x), jnp.asarray(y),
+                                       jnp.asarray([0.5, 5.0])))
+    xa = np.concatenate([x, np.ones((n, 1))], 1).astype(np.float64)
+    for i, l2 in enumerate((0.5, 5.0)):
+      ref = np.linalg.solve(xa.T @ xa + l2 * np.eye(d + 1), xa.T @ y)
+      np.testing.assert_allclose(w[i], ref, atol=1e-4)
+
+
 def test_lowshot_mean_std_over_samples():
   rng = np.random.RandomState(7)
   x, y = _separable(rng, 400, scale=1.0)

@@ -199,7 +199,7 @@ def run(config, workdir, *, arrays=None):
     json.dump(results, f, indent=2, sort_keys=True)
   table = format_table(results)
   print(table, flush=True)
-  logging.info('linear evaluation results:\n%s', table)
+  logging.info('linear evaluation: results in %s', os.path.join(workdir, 'results.json'))
   write_final_scalars(writer, results)
   if writer is not None:
     writer.flush()
@@ -257,6 +257,8 @@ def evaluate(config, trunk, source, *, writer=None):
       'pretrained': config.pretrained or None, 'pretext_task': trunk['task'],
       'model': trunk['model_config'], 'dataset': config.data.name,
       'splits': {s: config.data[f'{s}_split'] for s in SPLITS},
+      'source': ('tfds' if isinstance(source, sources.TfdsSource)
+                 else 'arrays (data.*_split not applied)'),
       'num_examples': sizes, 'mode': e.mode, 'solver': e.solver,
       'pool_mode': e.pool_mode, 'target_dims': e.target_dims,
       'patch_model': bool(patch_grid), 'image_shape': list(image_shape),

@@ -72,11 +72,20 @@ def train_lbfgs(train_feats, train_labels, val_feats, val_labels, *, num_classes
 
 @jax.jit
 def _ridge_path(x, y, l2s):
-  """Ridge weights [L, D+1, K] for every l2 (bias column appended, not penalised much)."""
+  """Ridge weights [L, D+1, K] for every l2 (a ones column appended for the bias).
+
+  One eigendecomposition for the whole path, of the smaller Gram matrix: X'X (D+1
+  square, primal) when N > D, else XX' (N square, dual: W = X'U diag(1/(s+l)) U'Y).
+  """
   x = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], 1)
-  s, v = jnp.linalg.eigh(x.T @ x)
-  proj = v.T @ (x.T @ y)
-  return jax.vmap(lambda l: v @ (proj / (jnp.maximum(s, 0) + l)[:, None]))(l2s)
+  n, d = x.shape
+  if d < n:
+    s, v = jnp.linalg.eigh(x.T @ x)
+    proj = v.T @ (x.T @ y)
+    return jax.vmap(lambda l: v @ (proj / (jnp.maximum(s, 0) + l)[:, None]))(l2s)
+  s, u = jnp.linalg.eigh(x @ x.T)
+  uy = u.T @ y
+  return jax.vmap(lambda l: x.T @ (u @ (uy / (jnp.maximum(s, 0) + l)[:, None])))(l2s)
 
 
 def train_ridge(train_feats, train_labels, val_feats, val_labels, *, num_classes, cfg,
