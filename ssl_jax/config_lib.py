@@ -47,6 +47,11 @@ def validate(config, num_devices=None):
     raise ConfigError('config.model.last_relu=False is not allowed for resnet50_v1 '
                       '(the "(-)" variant exists for resnet50_v2 and revnet50 only)')
   _allowed('data.source', config.data.source, SOURCES)
+  if not config.input.pretext_on_device and config.data.source != 'tfds':
+    raise ConfigError(
+        'config.input.pretext_on_device=False is allowed only with '
+        f"data.source='tfds', not {config.data.source!r}: in-memory data is already on the "
+        'device, so its pretext stage runs there')
   for key in ('batch_size', 'eval_batch_size'):
     _positive(key, config[key])
   if num_devices is None:

@@ -66,6 +66,16 @@ def init_state(config, task, model, mesh, image_shape, tx_fn):
 # ------------------------------------------------------------------ steps
 
 
+def step_rngs(base, step, device_index):
+  """(pretext_rng, dropout_rng) of one device at one step; both placements use it."""
+  return jax.random.split(jax.random.fold_in(jax.random.fold_in(base, step), device_index))
+
+
+def eval_rng(seed, device_index):
+  """The fixed key of the evaluation pretext stage (same batches, same copies)."""
+  return jax.random.fold_in(jax.random.key(seed + 1), device_index)
+
+
 def make_train_step(config, task, model, tx, mesh):
   """Returns jit(state, batch) -> (state, metrics), batch sharded on 'data'.
 
@@ -77,10 +87,8 @@ def make_train_step(config, task, model, tx, mesh):
   on_device = config.input.pretext_on_device
 
   def per_device(state, batch):
-    base = jax.random.wrap_key_data(state['rng'])
-    rng = jax.random.fold_in(jax.random.fold_in(base, state['step']),
-                             jax.lax.axis_index(AXIS))
-    pretext_rng, dropout_rng = jax.random.split(rng)
+    pretext_rng, dropout_rng = step_rngs(jax.random.wrap_key_data(state['rng']),
+                                         state['step'], jax.lax.axis_index(AXIS))
     if on_device:
       inputs, targets = pretext(pretext_rng, batch['image'], batch['label'])
     else:
@@ -130,8 +138,8 @@ def make_eval_step(config, task, model, mesh):
   def per_device(state, batch):
     mask = batch['mask'].astype(jnp.float32)
     if on_device:
-      rng = jax.random.fold_in(jax.random.key(config.seed + 1), jax.lax.axis_index(AXIS))
-      inputs, targets = pretext(rng, batch['image'], batch['label'])
+      inputs, targets = pretext(eval_rng(config.seed, jax.lax.axis_index(AXIS)),
+                                batch['image'], batch['label'])
     else:
       inputs, targets = batch['inputs'], batch['targets']
     outputs, _ = model.apply({'params': state['params'], 'batch_stats': state['batch_stats']},
@@ -165,9 +173,9 @@ def make_host_pretext(config, task, train):
     with jax.transfer_guard('allow'), jax.default_device(jax.devices('cpu')[0]):
       for i in range(num_local):
         if train:
-          key = jax.random.fold_in(jax.random.fold_in(base, step), first + i)
+          key = step_rngs(base, step, first + i)[0]
         else:
-          key = jax.random.fold_in(jax.random.key(config.seed + 1), first + i)
+          key = eval_rng(config.seed, first + i)
         inputs, targets = pretext(key, images[i], labels[i])
         chunks_in.append(inputs)
         chunks_tgt.append(targets)
@@ -224,7 +232,6 @@ def train_and_evaluate(config, workdir, arrays=None):
                jax.local_device_count(), jax.process_count(), jax.default_backend())
 
   # --- Data ---------------------------------------------------------------------
-  local_batch = config.batch_size // jax.process_count()
   if config.data.source in ('in_memory', 'synthetic'):
     from ssl_jax.data import inmemory  # pylint: disable=g-import-not-at-top
     if arrays is None and config.data.source == 'synthetic':
@@ -268,7 +275,7 @@ def train_and_evaluate(config, workdir, arrays=None):
                                           steps_per_epoch, total_steps)
   tx_fn = lambda params: optim.make_optimizer(
       config.optimizer, params, schedule, getattr(task, 'HEAD_WEIGHT_DECAY', None))
-  if image_shape is None:
+  if image_shape is None:  # the pipeline's output size, from one eval batch
     first = next(iter(input_pipeline.get_dataset(
         config, 'val', train=False, batch_size=config.eval_batch_size)))
     image_shape = first['image'].shape[1:]
@@ -287,11 +294,7 @@ def train_and_evaluate(config, workdir, arrays=None):
     logging.info('resumed from step %d', start_step)
 
   host_pretext = eval_host_pretext = None
-  if not config.input.pretext_on_device:
-    if train_source is not None:
-      raise config_lib.ConfigError(
-          "config.input.pretext_on_device=False needs data.source='tfds' "
-          '(in-memory data is already on the device)')
+  if not config.input.pretext_on_device:  # tfds only (config_lib.validate)
     host_pretext = make_host_pretext(config, task, train=True)
     eval_host_pretext = make_host_pretext(config, task, train=False)
   _host = (lambda b, s: b) if host_pretext is None else host_pretext

@@ -221,3 +221,32 @@ def test_killed_run_resumes_to_the_same_final_step(tmp_path):
   assert b'resumed from step' in out.stderr
   with checkpoint.make_manager(workdir) as manager:
     assert manager.latest_step() == steps
+
+
+def test_host_and_device_pretext_placements_agree():
+  # One implementation, two placements: jigsaw's random permutations (shared per
+  # device) and patch jitter must come out identical on the host and in shard_map.
+  from configs import jigsaw as jigsaw_config  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  c = jigsaw_config.get_config('smoke')
+  task = tasks.get_task('jigsaw')
+  images = np.random.RandomState(1).randint(0, 256, (16, 48, 48, 3)).astype(np.uint8)
+  labels = np.zeros(16, np.int32)
+  mesh = parallel.make_mesh()
+  pretext = task.make_pretext_fn(c, train=True)
+  base = jax.random.key(c.seed)
+
+  def per_device(x, y):
+    rng, _ = train.step_rngs(base, 5, jax.lax.axis_index(parallel.AXIS))
+    return pretext(rng, x, y)
+
+  on_device = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P('data'), P('data')),
+                                    out_specs=P('data')))(images, labels)
+  host = train.make_host_pretext(c, task, train=True)(
+      {'image': images, 'label': labels, 'mask': np.ones(16, bool)}, 5)
+  for a, b in zip(jax.tree.leaves(jax.device_get(on_device)),
+                  jax.tree.leaves((host['inputs'], host['targets']))):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  # Each device shares one set of permutations across its 2 images; devices differ.
+  perms = np.asarray(host['inputs']['perm_index']).reshape(8, 2, -1)
+  assert (perms[:, 0] == perms[:, 1]).all() and len({tuple(p[0]) for p in perms}) > 1
