@@ -67,9 +67,3 @@ def replicate(mesh, tree):
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
-
-def check_batch_divisible(batch_size, num_devices, what='config.batch_size'):
-  if batch_size % num_devices:
-    raise ValueError(
-        f'{what}={batch_size} is not divisible by the {num_devices} devices; '
-        f'allowed: a multiple of {num_devices}.')

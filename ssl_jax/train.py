@@ -12,6 +12,7 @@ This module imports no TensorFlow: the tf.data source and clu's metric writers
 are imported inside `train_and_evaluate` only.
 """
 import functools
+import itertools
 import math
 import os
 import time
@@ -258,9 +259,10 @@ def train_and_evaluate(config, workdir, arrays=None):
     sizes = input_pipeline.check_dataset(config)
     num_train = sizes['train']
     train_source = None
-    make_val = lambda: _limit(input_pipeline.get_dataset(
-        config, 'val', train=False, batch_size=config.eval_batch_size),
-                              config.max_eval_batches)
+    make_val = lambda: itertools.islice(
+        input_pipeline.get_dataset(config, 'val', train=False,
+                                   batch_size=config.eval_batch_size),
+        config.max_eval_batches if config.max_eval_batches > 0 else None)
     image_shape = None
   steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0
                      else max(num_train // config.batch_size, 1))
@@ -373,9 +375,3 @@ def train_and_evaluate(config, workdir, arrays=None):
     writer.flush()
   return {'step': step, 'val': last_eval, 'train_history': history}
 
-
-def _limit(batches, max_batches):
-  for i, b in enumerate(batches):
-    if 0 < max_batches <= i:
-      return
-    yield b

@@ -9,6 +9,7 @@ import pytest
 
 from configs import jigsaw as jigsaw_config
 from configs import relative_patch_location as rpl_config
+from ssl_jax.tasks import common
 from ssl_jax.tasks import heads
 from ssl_jax.tasks import jigsaw
 from ssl_jax.tasks import relative_patch_location as rpl
@@ -34,7 +35,7 @@ class Identity(nn.Module):
 
 @pytest.fixture
 def fake_trunk(monkeypatch):
-  monkeypatch.setattr(heads, 'make_trunk', lambda model, dim: MeanTrunk(dim))
+  monkeypatch.setattr(common, 'make_trunk', lambda model, dim: MeanTrunk(dim))
 
 
 @pytest.fixture

@@ -43,16 +43,6 @@ class FcHead(nn.Module):
     return x.astype(jnp.float32)
 
 
-def make_trunk(model, embed_dim):
-  """The shared patch trunk built from config.model; assign it to `self.trunk`.
-
-  Created in setup(), its variables live under params['trunk'] and
-  batch_stats['trunk']. Its logits layer, `embed_dim` (1000) wide and linear, is
-  the patch embedding.
-  """
-  return common.make_trunk(model, embed_dim)
-
-
 def make_head(model, patches, num_classes):
   """FcHead from config.model and config.patches; assign it to `self.head`."""
   return FcHead(num_classes=num_classes, hidden=patches['head_hidden'],

@@ -135,7 +135,8 @@ class JigsawModel(nn.Module):
   perms: PermutationTable
 
   def setup(self):
-    self.trunk = heads.make_trunk(self.model, self.patches['embed_dim'])
+    # The trunk's logits layer (embed_dim wide, linear) is the patch embedding.
+    self.trunk = common.make_trunk(self.model, self.patches['embed_dim'])
     self.head = heads.make_head(self.model, self.patches, len(self.perms))
 
   def __call__(self, inputs, train):

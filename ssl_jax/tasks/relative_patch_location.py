@@ -54,7 +54,8 @@ class RelativePatchLocationModel(nn.Module):
   patches: flax.core.FrozenDict  # config.patches
 
   def setup(self):
-    self.trunk = heads.make_trunk(self.model, self.patches['embed_dim'])
+    # The trunk's logits layer (embed_dim wide, linear) is the patch embedding.
+    self.trunk = common.make_trunk(self.model, self.patches['embed_dim'])
     self.head = heads.make_head(self.model, self.patches, len(NEIGHBOURS))
 
   def __call__(self, inputs, train):
