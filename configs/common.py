@@ -88,6 +88,12 @@ def get_config():
   c.checkpoint_every_steps = 1000
   c.max_to_keep = 3
   c.max_eval_batches = -1        # > 0: evaluate on a prefix only (smoke tests)
+  # 0: evaluate with the BN moving averages (the study). K > 0: "precise BN": before
+  # each evaluation, re-estimate every BN layer's statistics over the last K training
+  # batches with the current parameters (val_*), and also report the moving-average
+  # result (val_ema_*). For short runs, where moving averages (momentum 0.99, head
+  # 0.997) lag the fast-changing weights; checkpoints keep the moving averages.
+  c.precise_bn_batches = 0
 
   c.distributed = ml_collections.ConfigDict(dict(
       initialize=False,          # True: jax.distributed.initialize() (multi-host)

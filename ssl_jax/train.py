@@ -11,6 +11,7 @@ the device, or on the host CPU when `config.input.pretext_on_device` is False.
 This module imports no TensorFlow: the tf.data source and clu's metric writers
 are imported inside `train_and_evaluate` only.
 """
+import collections
 import functools
 import itertools
 import math
@@ -18,6 +19,7 @@ import os
 import time
 
 from absl import logging
+import flax
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -154,6 +156,81 @@ def make_eval_step(config, task, model, mesh):
 
   step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P())
   return jax.jit(step)
+
+
+def make_bn_stats_step(config, task, model, mesh):
+  """Returns jit(state, batch) -> (first, second): BN input moments of one train batch.
+
+  For "precise BN" (config.precise_bn_batches): the statistics every BatchNorm
+  layer computes in a train-mode forward pass of the current parameters on one
+  training batch (train-mode pretext with a fixed key), as trees shaped like
+  `state['batch_stats']`: `first` holds E[x] in the 'mean' and 'var' leaves,
+  `second` holds E[x^2] in both. Device-averaged: each device normalises its own
+  per-device batch in training and all per-device batches have the same size.
+
+  Flax's BatchNorm exposes a batch's statistics only through its moving-average
+  update new = m * old + (1 - m) * batch, so the pass runs with old = 0 and with
+  old = 1: their difference is the layer's momentum m, and batch = new0 / (1 - m)
+  (any momentum, any BN layer, no change to the models).
+  """
+  pretext = task.make_pretext_fn(config, train=True)
+  on_device = config.input.pretext_on_device
+
+  def per_device(state, batch):
+    key = jax.random.fold_in(eval_rng(config.seed, jax.lax.axis_index(AXIS)), 1)
+    pretext_rng, dropout_rng = jax.random.split(key)
+    if on_device:
+      inputs, _ = pretext(pretext_rng, batch['image'], batch['label'])
+    else:
+      inputs = batch['inputs']
+
+    def updated(fill):
+      old = jax.tree.map(lambda x: jnp.full_like(x, fill), state['batch_stats'])
+      _, mutated = model.apply({'params': state['params'], 'batch_stats': old}, inputs,
+                               train=True, mutable=['batch_stats'],
+                               rngs={'dropout': dropout_rng})
+      return mutated['batch_stats']
+
+    new0, new1 = updated(0.0), updated(1.0)
+    stats = flax.traverse_util.flatten_dict(
+        jax.tree.map(lambda a, b: a / (1.0 - (b - a)), new0, new1))
+    first, second = {}, {}
+    for path, value in stats.items():   # value: the batch mean or (biased) variance
+      mean = stats[path[:-1] + ('mean',)]
+      first[path] = mean
+      second[path] = value + mean ** 2 if path[-1] == 'var' else mean ** 2
+    unflat = flax.traverse_util.unflatten_dict
+    return jax.lax.pmean((unflat(first), unflat(second)), AXIS)
+
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P())
+  return jax.jit(step)
+
+
+def precise_batch_stats(state, bn_stats_step, batches):
+  """Population BN statistics over `batches` (equal-size train batches).
+
+  Returns a tree like state['batch_stats']: 'mean' = E[x], 'var' = E[x^2] - E[x]^2
+  over every example of every batch (the law of total variance: the mean of the
+  per-batch variances plus the variance of the per-batch means), the statistics
+  a converged moving average would approach for the current parameters.
+  """
+  first = second = None
+  for batch in batches:
+    f, s = bn_stats_step(state, batch)
+    first = f if first is None else jax.tree.map(jnp.add, first, f)
+    second = s if second is None else jax.tree.map(jnp.add, second, s)
+  if first is None:
+    raise ValueError('precise BN needs at least one training batch')
+  n = len(batches)
+  flat_first = flax.traverse_util.flatten_dict(first)
+  flat_second = flax.traverse_util.flatten_dict(second)
+  out = {}
+  for path, total in flat_first.items():
+    if path[-1] == 'mean':
+      out[path] = total / n
+    else:
+      out[path] = jnp.maximum(flat_second[path] / n - (total / n) ** 2, 0.0)
+  return flax.traverse_util.unflatten_dict(out)
 
 
 def make_host_pretext(config, task, train):
@@ -311,6 +388,11 @@ def train_and_evaluate(config, workdir, arrays=None):
 
   train_step = make_train_step(config, task, model, tx, mesh)
   eval_step = make_eval_step(config, task, model, mesh)
+  # Precise BN: the last K training batches (already on the device) are kept to
+  # re-estimate BN statistics before each evaluation; training is unaffected.
+  recent = collections.deque(maxlen=max(config.precise_bn_batches, 1))
+  bn_stats_step = (make_bn_stats_step(config, task, model, mesh)
+                   if config.precise_bn_batches > 0 else None)
 
   # --- Metrics ---------------------------------------------------------------------
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
@@ -321,7 +403,18 @@ def train_and_evaluate(config, workdir, arrays=None):
   def run_eval(step):
     with report.timed('eval'):
       result = evaluate(state, eval_step, make_val(), mesh, eval_host_pretext)
-    writer.write_scalars(step, {f'val_{k}': v for k, v in result.items()})
+      scalars = {f'val_{k}': v for k, v in result.items()}
+      if bn_stats_step is not None:
+        # val_* with the re-estimated statistics, val_ema_* with the moving
+        # averages (what the checkpoint holds and the study evaluated with).
+        ema = result
+        stats = precise_batch_stats(state, bn_stats_step, list(recent))
+        result = evaluate(dict(state, batch_stats=stats), eval_step, make_val(), mesh,
+                          eval_host_pretext)
+        scalars = {f'val_{k}': v for k, v in result.items()}
+        scalars.update({f'val_ema_{k}': v for k, v in ema.items() if k != 'num_examples'})
+        result = dict(result, ema=ema)
+    writer.write_scalars(step, scalars)
     logging.info('step %d held-out: %s', step, result)
     return result
 
@@ -344,6 +437,8 @@ def train_and_evaluate(config, workdir, arrays=None):
           'train', step_num=step):
         batch = next_batch(step - 1)
         state, metrics = train_step(state, batch)
+      if bn_stats_step is not None:
+        recent.append(batch)
       pending.append((step, metrics))
       images_since += config.batch_size
       for h in hooks:

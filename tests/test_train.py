@@ -250,3 +250,77 @@ def test_host_and_device_pretext_placements_agree():
   # Each device shares one set of permutations across its 2 images; devices differ.
   perms = np.asarray(host['inputs']['perm_index']).reshape(8, 2, -1)
   assert (perms[:, 0] == perms[:, 1]).all() and len({tuple(p[0]) for p in perms}) > 1
+
+
+class _TwoBN:
+  """A stand-in task/model pair whose BN inputs numpy can recompute exactly."""
+
+  @staticmethod
+  def make_pretext_fn(config, train):
+    del config, train
+    return lambda rng, images, labels: (images.astype(np.float32) / 255.0, labels)
+
+
+def test_precise_bn_statistics_match_numpy_over_devices_and_batches():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Model(nn.Module):  # two BN layers with different momenta, as trunk + head
+
+    @nn.compact
+    def __call__(self, x, train):
+      h = nn.Dense(5, name='d1')(x.reshape(x.shape[0], -1))
+      h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                       name='bn1')(h)
+      h = nn.Dense(3, name='d2')(nn.relu(h))
+      h = nn.BatchNorm(use_running_average=not train, momentum=0.997, epsilon=1e-5,
+                       name='bn2')(h)
+      return h, {}
+
+  c = _tiny_config()
+  model, mesh = Model(), parallel.make_mesh()
+  batches = np.random.RandomState(1).randint(0, 256, (3, 32, 2, 2, 3)).astype(np.uint8)
+  variables = model.init(jax.random.key(0), batches[0] / 255.0, train=False)
+  # Moving averages far from the truth: the result must not depend on them.
+  variables['batch_stats'] = jax.tree.map(lambda x: x + 7.0, variables['batch_stats'])
+  state = parallel.replicate(mesh, dict(params=variables['params'],
+                                        batch_stats=variables['batch_stats']))
+  step = train.make_bn_stats_step(c, _TwoBN, model, mesh)
+  device_batches = [parallel.global_batch(mesh, {'image': b, 'label': np.zeros(32, np.int32)})
+                    for b in batches]
+  got = jax.device_get(train.precise_batch_stats(state, step, device_batches))
+
+  # numpy: each device normalises its own 4 examples with their biased statistics.
+  p = jax.device_get(variables['params'])
+  ndev = jax.device_count()
+  h1_all, h2_all = [], []
+  for b in batches:
+    for shard in np.split(b.reshape(32, -1) / 255.0, ndev):
+      h1 = shard @ p['d1']['kernel'] + p['d1']['bias']
+      n1 = (h1 - h1.mean(0)) / np.sqrt(h1.var(0) + 1e-5) * p['bn1']['scale'] + p['bn1']['bias']
+      h2 = np.maximum(n1, 0) @ p['d2']['kernel'] + p['d2']['bias']
+      h1_all.append(h1)
+      h2_all.append(h2)
+  for name, h in (('bn1', np.concatenate(h1_all)), ('bn2', np.concatenate(h2_all))):
+    np.testing.assert_allclose(got[name]['mean'], h.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[name]['var'], h.var(0), rtol=1e-3, atol=1e-5)
+
+
+def test_precise_bn_evaluation_reports_both_and_leaves_training_unchanged(tmp_path):
+  c = _tiny_config()
+  c.data.synthetic_examples = 32
+  c.batch_size, c.total_steps, c.log_every_steps = 16, 4, 2
+  c.checkpoint_every_steps, c.eval_every_steps = 4, 2
+  plain = train.train_and_evaluate(c.copy_and_resolve_references(), str(tmp_path / 'a'))
+  c.precise_bn_batches = 2
+  precise = train.train_and_evaluate(c.copy_and_resolve_references(), str(tmp_path / 'b'))
+  # Same training trajectory; the moving-average evaluation is the plain run's.
+  learned = lambda out: [(m['step'], m['train_loss'], m['train_accuracy'])
+                         for m in out['train_history']]
+  assert learned(precise) == learned(plain)
+  ema = dict(precise['val']['ema'])
+  assert ema == plain['val']
+  assert precise['val']['num_examples'] == plain['val']['num_examples']
+  assert precise['val']['loss'] != plain['val']['loss']
+  c.precise_bn_batches = -1
+  with pytest.raises(config_lib.ConfigError, match='precise_bn_batches=-1'):
+    config_lib.validate(c)
