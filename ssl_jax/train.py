@@ -159,11 +159,12 @@ def make_eval_step(config, task, model, mesh):
 
 
 def make_bn_stats_step(config, task, model, mesh):
-  """Returns jit(state, batch) -> (first, second): BN input moments of one train batch.
+  """Returns jit(state, batch, step) -> (first, second): BN input moments of a train batch.
 
   For "precise BN" (config.precise_bn_batches): the statistics every BatchNorm
-  layer computes in a train-mode forward pass of the current parameters on one
-  training batch (train-mode pretext with a fixed key), as trees shaped like
+  layer computes in a train-mode forward pass of the current parameters on the
+  training batch of `step` (0-based, i32[]; the pretext stage gets that step's
+  keys, so it sees the patches/permutations the train step saw), as trees shaped like
   `state['batch_stats']`: `first` holds E[x] in the 'mean' and 'var' leaves,
   `second` holds E[x^2] in both. Device-averaged: each device normalises its own
   per-device batch in training and all per-device batches have the same size.
@@ -176,9 +177,9 @@ def make_bn_stats_step(config, task, model, mesh):
   pretext = task.make_pretext_fn(config, train=True)
   on_device = config.input.pretext_on_device
 
-  def per_device(state, batch):
-    key = jax.random.fold_in(eval_rng(config.seed, jax.lax.axis_index(AXIS)), 1)
-    pretext_rng, dropout_rng = jax.random.split(key)
+  def per_device(state, batch, step):
+    pretext_rng, dropout_rng = step_rngs(jax.random.wrap_key_data(state['rng']), step,
+                                         jax.lax.axis_index(AXIS))
     if on_device:
       inputs, _ = pretext(pretext_rng, batch['image'], batch['label'])
     else:
@@ -202,12 +203,13 @@ def make_bn_stats_step(config, task, model, mesh):
     unflat = flax.traverse_util.unflatten_dict
     return jax.lax.pmean((unflat(first), unflat(second)), AXIS)
 
-  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P())
-  return jax.jit(step)
+  stats_step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P()),
+                             out_specs=P())
+  return jax.jit(stats_step)
 
 
 def precise_batch_stats(state, bn_stats_step, batches):
-  """Population BN statistics over `batches` (equal-size train batches).
+  """Population BN statistics over `batches`: (step, batch) pairs of equal-size train batches.
 
   Returns a tree like state['batch_stats']: 'mean' = E[x], 'var' = E[x^2] - E[x]^2
   over every example of every batch (the law of total variance: the mean of the
@@ -215,8 +217,8 @@ def precise_batch_stats(state, bn_stats_step, batches):
   a converged moving average would approach for the current parameters.
   """
   first = second = None
-  for batch in batches:
-    f, s = bn_stats_step(state, batch)
+  for step, batch in batches:
+    f, s = bn_stats_step(state, batch, np.int32(step))
     first = f if first is None else jax.tree.map(jnp.add, first, f)
     second = s if second is None else jax.tree.map(jnp.add, second, s)
   if first is None:
@@ -438,7 +440,7 @@ def train_and_evaluate(config, workdir, arrays=None):
         batch = next_batch(step - 1)
         state, metrics = train_step(state, batch)
       if bn_stats_step is not None:
-        recent.append(batch)
+        recent.append((step - 1, batch))   # the step count the train step saw
       pending.append((step, metrics))
       images_since += config.batch_size
       for h in hooks:

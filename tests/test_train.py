@@ -283,10 +283,12 @@ def test_precise_bn_statistics_match_numpy_over_devices_and_batches():
   # Moving averages far from the truth: the result must not depend on them.
   variables['batch_stats'] = jax.tree.map(lambda x: x + 7.0, variables['batch_stats'])
   state = parallel.replicate(mesh, dict(params=variables['params'],
-                                        batch_stats=variables['batch_stats']))
+                                        batch_stats=variables['batch_stats'],
+                                        rng=jax.random.key_data(jax.random.key(0))))
   step = train.make_bn_stats_step(c, _TwoBN, model, mesh)
-  device_batches = [parallel.global_batch(mesh, {'image': b, 'label': np.zeros(32, np.int32)})
-                    for b in batches]
+  device_batches = [(i, parallel.global_batch(mesh, {'image': b,
+                                                     'label': np.zeros(32, np.int32)}))
+                    for i, b in enumerate(batches)]
   got = jax.device_get(train.precise_batch_stats(state, step, device_batches))
 
   # numpy: each device normalises its own 4 examples with their biased statistics.
