@@ -81,7 +81,7 @@ def validate(config, num_devices=None):
     _positive(key, config[key])
   if config.eval_every_steps != -1:
     _positive('eval_every_steps', config.eval_every_steps, allow_minus_one=True)
-  pbn = config.get('precise_bn_batches', 0)
+  pbn = config.precise_bn_batches
   if not isinstance(pbn, int) or pbn < 0:
     raise ConfigError(f'config.precise_bn_batches={pbn!r} must be an integer >= 0 '
                       '(0: evaluate with the BN moving averages)')

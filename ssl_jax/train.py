@@ -159,15 +159,15 @@ def make_eval_step(config, task, model, mesh):
 
 
 def make_bn_stats_step(config, task, model, mesh):
-  """Returns jit(state, batch, step) -> (first, second): BN input moments of a train batch.
+  """Returns jit(state, batch, step) -> moments of every BN layer's input on a train batch.
 
   For "precise BN" (config.precise_bn_batches): the statistics every BatchNorm
   layer computes in a train-mode forward pass of the current parameters on the
   training batch of `step` (0-based, i32[]; the pretext stage gets that step's
-  keys, so it sees the patches/permutations the train step saw), as trees shaped like
-  `state['batch_stats']`: `first` holds E[x] in the 'mean' and 'var' leaves,
-  `second` holds E[x^2] in both. Device-averaged: each device normalises its own
-  per-device batch in training and all per-device batches have the same size.
+  keys, so it sees the patches/permutations the train step saw), as a tree shaped
+  like `state['batch_stats']` with E[x] in the 'mean' leaves and E[x^2] in the
+  'var' leaves. Device-averaged: each device normalises its own per-device batch
+  in training and all per-device batches have the same size.
 
   Flax's BatchNorm exposes a batch's statistics only through its moving-average
   update new = m * old + (1 - m) * batch, so the pass runs with old = 0 and with
@@ -193,15 +193,12 @@ def make_bn_stats_step(config, task, model, mesh):
       return mutated['batch_stats']
 
     new0, new1 = updated(0.0), updated(1.0)
+    # Batch mean and (biased) variance of every BN layer.
     stats = flax.traverse_util.flatten_dict(
         jax.tree.map(lambda a, b: a / (1.0 - (b - a)), new0, new1))
-    first, second = {}, {}
-    for path, value in stats.items():   # value: the batch mean or (biased) variance
-      mean = stats[path[:-1] + ('mean',)]
-      first[path] = mean
-      second[path] = value + mean ** 2 if path[-1] == 'var' else mean ** 2
-    unflat = flax.traverse_util.unflatten_dict
-    return jax.lax.pmean((unflat(first), unflat(second)), AXIS)
+    moments = {path: value + stats[path[:-1] + ('mean',)] ** 2 if path[-1] == 'var'
+               else value for path, value in stats.items()}
+    return jax.lax.pmean(flax.traverse_util.unflatten_dict(moments), AXIS)
 
   stats_step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P()),
                              out_specs=P())
@@ -216,22 +213,15 @@ def precise_batch_stats(state, bn_stats_step, batches):
   per-batch variances plus the variance of the per-batch means), the statistics
   a converged moving average would approach for the current parameters.
   """
-  first = second = None
-  for step, batch in batches:
-    f, s = bn_stats_step(state, batch, np.int32(step))
-    first = f if first is None else jax.tree.map(jnp.add, first, f)
-    second = s if second is None else jax.tree.map(jnp.add, second, s)
-  if first is None:
+  if not batches:
     raise ValueError('precise BN needs at least one training batch')
-  n = len(batches)
-  flat_first = flax.traverse_util.flatten_dict(first)
-  flat_second = flax.traverse_util.flatten_dict(second)
-  out = {}
-  for path, total in flat_first.items():
-    if path[-1] == 'mean':
-      out[path] = total / n
-    else:
-      out[path] = jnp.maximum(flat_second[path] / n - (total / n) ** 2, 0.0)
+  totals = None
+  for step, batch in batches:
+    m = bn_stats_step(state, batch, np.int32(step))
+    totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+  moments = flax.traverse_util.flatten_dict(jax.tree.map(lambda t: t / len(batches), totals))
+  out = {path: jnp.maximum(value - moments[path[:-1] + ('mean',)] ** 2, 0.0)
+         if path[-1] == 'var' else value for path, value in moments.items()}
   return flax.traverse_util.unflatten_dict(out)
 
 
