@@ -8,6 +8,14 @@ and the ratio to a decode-only pipeline on the same data measured in the same
 run (the floor any pipeline pays). The 224-px presets read the 300-image
 imagenette224_mini TFRecords, repeated; CIFAR-10 and Imagenette 64 come from
 the prepared TFDS datasets. Presets whose data are missing are skipped.
+
+    python benchmarks/input_pipeline.py --jax_ops [--jax_batch_size 256]
+
+adds a table of the same preprocessing strings run by the JAX ops
+(ssl_jax.data.ops.make_batch_fn, jitted, on the JAX default device) on decoded
+CIFAR-10 uint8 arrays, against tf.data running the same spec on the same
+decoded arrays (preprocessing only: no read, no decode), with the ratio.
+(--jax_ops_only: that table alone.)
 """
 import argparse
 import os
@@ -21,6 +29,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import common
 import input_pipeline
+from input_pipeline import preprocess
+import jax
+import numpy as np
+from ssl_jax.data import ops as jax_ops
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -42,6 +54,20 @@ PRESETS = {
     'patch tasks 292/gray/255': (
         'mini224', 'decode|resize(292)|to_gray(0.66)|crop(255)'),
 }
+
+
+# Specs for the JAX-ops table (CIFAR-sized, the in-memory path's use).
+JAX_PRESETS = {
+    'cifar10 pad_crop_flip': 'decode|pad_crop_flip',
+    'cifar10 inception 32 + jitter':
+        'decode|inception_crop(32)|flip_lr|color_jitter',
+    'cifar10 simclr, 2 views': (
+        'decode|views(2)|inception_crop(32, area_min=0.08)|flip_lr|'
+        "color_distort(0.5)|to_gray(0.2, weights='luma')"),
+    'cifar10 exemplar, 8 views':
+        'decode|to_gray(0.66)|views(8)|inception_preprocess(32)',
+}
+CIFAR_NPZ = os.path.join(os.path.dirname(MINI), 'cifar10', 'test.npz')
 
 
 def _config(data, shuffle_buffer):
@@ -80,6 +106,76 @@ def _measure(config, pp, args):
   return n * args.batch_size / (time.perf_counter() - start)
 
 
+def _cifar_arrays(n):
+  """uint8[n, 32, 32, 3]: decoded CIFAR-10 test images (random if absent)."""
+  if not os.path.exists(CIFAR_NPZ):
+    return np.random.RandomState(0).randint(0, 256, (n, 32, 32, 3), np.uint8)
+  data = np.load(CIFAR_NPZ)
+  jpeg, offsets = data['jpeg'], data['offsets']
+  return np.stack([tf.io.decode_jpeg(jpeg[offsets[i]:offsets[i + 1]].tobytes(),
+                                     dct_method='INTEGER_ACCURATE').numpy()
+                   for i in range(n)])
+
+
+def _timed(step, args):
+  """Images/s of step() (one batch) after args.warmup calls."""
+  for _ in range(args.warmup):
+    step()
+  start, n = time.perf_counter(), 0
+  while n < args.num_batches or time.perf_counter() - start < args.min_seconds:
+    step()
+    n += 1
+  return n * args.jax_batch_size / (time.perf_counter() - start)
+
+
+def _measure_jax_ops(spec, images, args):
+  """(images/s, compile s) of the jitted JAX ops, on the default device."""
+  fn = jax.jit(jax_ops.make_batch_fn(spec, train=True))
+  batch = jax.device_put(images[:args.jax_batch_size])
+  key = jax.random.key(0)
+  start = time.perf_counter()
+  fn(key, batch).block_until_ready()
+  compile_s = time.perf_counter() - start
+  step = [0]
+  def one():
+    step[0] += 1
+    fn(jax.random.fold_in(key, step[0]), batch).block_until_ready()
+  return _timed(one, args), compile_s
+
+
+def _measure_tf_ops(spec, images, args):
+  """Images/s of tf.data applying `spec` to decoded arrays, batched."""
+  pp = preprocess.get_preprocess_fn(spec, train=True)
+  ds = (tf.data.Dataset.from_tensor_slices(images).repeat().enumerate()
+        .map(lambda i, im: pp({'image': im, preprocess.SEED_KEY: tf.stack(
+            [tf.constant(0, tf.int64), i])})['image'],
+             num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(args.jax_batch_size).prefetch(2))
+  opts = tf.data.Options()
+  opts.threading.max_intra_op_parallelism = 1
+  it = ds.with_options(opts).as_numpy_iterator()
+  return _timed(lambda: next(it), args)
+
+
+def _jax_ops_table(args):
+  images = _cifar_arrays(max(args.jax_batch_size, 1024))
+  device = jax.devices()[0]
+  print(f'\nJAX ops vs tf.data, preprocessing only, on decoded CIFAR-10 '
+        f'uint8 arrays; batch {args.jax_batch_size}; JAX on '
+        f'{device.platform}:{device.device_kind} (jax {jax.__version__}), '
+        f'tf.data on the host CPU. img/s counts source images (a views(n) '
+        f'example is n crops).')
+  print(f'{"spec":32s} {"JAX img/s":>10s} {"compile s":>9s} '
+        f'{"tf.data img/s":>13s} {"JAX/tf":>7s}  pipeline')
+  for name, spec in JAX_PRESETS.items():
+    if args.only and args.only not in name:
+      continue
+    jax_rate, compile_s = _measure_jax_ops(spec, images, args)
+    tf_rate = _measure_tf_ops(spec, images, args)
+    print(f'{name:32s} {jax_rate:10.0f} {compile_s:9.1f} {tf_rate:13.0f} '
+          f'{jax_rate / tf_rate:7.2f}  {spec}')
+
+
 def _cpu_description():
   model = platform.processor() or platform.machine()
   try:
@@ -101,6 +197,11 @@ def main():
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--shuffle_buffer', type=int, default=1000)
   parser.add_argument('--only', default='', help='substring of preset names')
+  parser.add_argument('--jax_ops', action='store_true',
+                      help='also time the JAX ops against tf.data')
+  parser.add_argument('--jax_ops_only', action='store_true',
+                      help='only the JAX-ops table')
+  parser.add_argument('--jax_batch_size', type=int, default=256)
   args = parser.parse_args()
 
   cores = len(os.sched_getaffinity(0))
@@ -112,6 +213,8 @@ def main():
   rows = []
   load = os.getloadavg()
   for name, (data, pp) in PRESETS.items():
+    if args.jax_ops_only:
+      break
     if args.only and args.only not in name:
       continue
     if not _available(data):
@@ -131,6 +234,8 @@ def main():
   for name, pp, rate, base in rows:
     print(f'{name:42s} {rate:9.0f} {rate / cores:10.0f} {base:17.0f} '
           f'{rate / base:9.2f}  {pp}')
+  if args.jax_ops or args.jax_ops_only:
+    _jax_ops_table(args)
 
 
 if __name__ == '__main__':

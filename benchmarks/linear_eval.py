@@ -1,26 +1,37 @@
-r"""Benchmark: cached vs faithful linear evaluation on CIFAR-10 features of ResNet50 v2 k=4.
+r"""Benchmark: the cached linear probes on every endpoint of a ResNet50 v2 k=4 trunk.
 
-  python benchmarks/linear_eval.py                       # CPU-sized defaults
-  python benchmarks/linear_eval.py --num_extract=0       # every image (accelerator)
-  python benchmarks/linear_eval.py --pretrained=WORKDIR  # a pretext checkpoint's trunk
+  python benchmarks/linear_eval.py                    # synthetic features, 45,000 rows
+  python benchmarks/linear_eval.py --features=DIR     # cached features saved as .npy
+  python benchmarks/linear_eval.py --sgd_epochs=2 --numpy   # + the SGD probe, numpy BLAS
 
-What it measures (one process, one device, the numbers printed with the device):
-  1. Feature extraction: images/s through the frozen trunk (every endpoint pooled with
-     the study's VALID max rule to <= 9000 dims).
-  2. Cached mode, pre_logits head alone: `--epochs` (500) epochs of momentum SGD on the
-     cached [N_train, 2048] features inside one jitted lax.scan per evaluation period.
-  3. Cached mode, every head together (after_root..pre_logits): `--all_heads_epochs`
-     epochs, with the time extrapolated to `--epochs` when fewer were run.
-  4. Faithful mode: images through the trunk at every step (`--faithful_steps` steps
-     after compilation), per epoch = per step x steps per epoch.
-  and prints the ratios cached / faithful time per epoch.
+Measured in one process, on one device (printed):
+  1. The memory floor of one pass, per endpoint: the bytes of one read of its train
+     features divided by the bandwidth of a plain jitted sum over that same array
+     (best of --repeats); summed over the endpoints.
+  2. One training pass: `solvers.objective` (value and gradient of every class, one
+     read of the features) per endpoint, best of --repeats; its ratio to the floor.
+     --numpy adds numpy's BLAS doing the same work as two products (x @ W, g' @ x).
+  3. Time to convergence: `solvers.train_lbfgs` on every endpoint (the default cached
+     probe: standardised features, spectral preconditioner, the L2 grid walked from the
+     largest wd, each point to max |gradient| <= tol), with per grid point iterations,
+     passes, seconds and validation top-1, and the total wall time (statistics,
+     preconditioners, compilation and validation scoring included).
+  4. --sgd_epochs > 0: seconds per epoch of the SGD probe on every endpoint (the
+     study's protocol on cached features), for comparison.
 
-Data: real CIFAR-10 (JPEG q75, via TFDS) when ~/tensorflow_datasets/cifar10 exists and
-TensorFlow imports, else synthetic uint8 images of the same shapes; the output says
-which. On a CPU, extracting 50k images through ResNet50 k=4 takes far too long, so by
-default `--num_extract` train images are extracted and their features tiled to
-`--num_train` rows: the training cost depends only on the rows and dims (the output says
-so; accuracies of a tiled or random-init run mean nothing).
+Features. The endpoint dims are those of ResNet50 v2 k=4 with the small-input stem on
+32 px CIFAR-10 crops under the study's VALID max pooling to <= 9,000 dims (computed with
+`features.feature_dims`, no image goes through the trunk): after_root 6,400, block1
+6,400, block2 8,192, block3 4,096, block4 8,192, pre_logits 2,048 (35,328 in all).
+Extracting 50,000 images through that trunk takes most of an hour on 2 CPU cores, so by
+default the features are SYNTHETIC, 45,000 train and 5,000 validation rows (the cifar10
+preset's split sizes): a latent-factor model whose standardised covariance has the
+spectrum measured on real pooled features of this trunk (lambda_i ~ 0.2 D i^-1.2 for the
+top 256 directions, lambda_1 ~ 10^3 on 6,400 dims; the rest flat), with positive means
+and labels that depend on the top factors. Their accuracies mean nothing; their pass
+times are those of real features of these shapes, and their conditioning, which sets
+the iteration counts, is close to real features'. --features=DIR reads
+DIR/{train,val}_<endpoint>.npy and DIR/{train,val}_y.npy instead (real features).
 """
 import argparse
 import os
@@ -33,162 +44,207 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
+from configs import linear_eval as le_configs
 from ssl_jax import models
 from ssl_jax.evaluation import features
 from ssl_jax.evaluation import linear
-from ssl_jax.evaluation import sources
-
-TFDS_CIFAR = os.path.expanduser('~/tensorflow_datasets/cifar10')
+from ssl_jax.evaluation import solvers
 
 
-def load_cifar(num_train, num_val, num_test):
-  """(arrays, description): real CIFAR-10 if prepared and TF present, else synthetic."""
-  if os.path.isdir(TFDS_CIFAR):
-    try:
-      import input_pipeline  # pylint: disable=g-import-not-at-top
-      from configs import linear_eval as le  # pylint: disable=g-import-not-at-top
-      c = le.get_config('cifar10')
-      out = {}
-      for split, n in (('train', num_train), ('val', num_val), ('test', num_test)):
-        x, y = input_pipeline.load_arrays(c, split)
-        out[split] = (x[:n], y[:n])
-      return out, 'real CIFAR-10 (JPEG q75, TFDS)'
-    except Exception as e:  # pylint: disable=broad-except
-      print(f'(real CIFAR-10 unavailable: {type(e).__name__}: {e}; using synthetic)')
-  rng = np.random.RandomState(0)
-  out = {s: (rng.randint(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-             rng.randint(0, 10, n).astype(np.int32))
-         for s, n in (('train', num_train), ('val', num_val), ('test', num_test))}
-  return out, 'synthetic uint8 images with CIFAR-10 shapes'
-
-
-def load_trunk(pretrained):
-  if pretrained:
-    from configs import linear_eval as le  # pylint: disable=g-import-not-at-top
-    from ssl_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
-    c = le.get_config('cifar10')
-    c.pretrained = pretrained
-    t = linear_eval.load_trunk(c)
-    return t['model'], t['variables'], f'checkpoint {pretrained}'
+def trunk_dims():
+  """{endpoint: D} of ResNet50 v2 k=4 (small-input stem) at 32 px, max pooling."""
   model = models.create_model('resnet50_v2', num_classes=10, width=4, small_input=True)
-  variables = jax.jit(lambda r, x: model.init(r, x, train=False))(
-      jax.random.key(0, impl='unsafe_rbg'), jnp.zeros((1, 32, 32, 3)))
-  return model, jax.tree.map(np.asarray, dict(variables)), 'random init'
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                jnp.zeros((1, 32, 32, 3)), train=False))
+  names = [n for n in models.ENDPOINTS['resnet50_v2'] if n != 'logits']
+  fn = features.make_extract_fn(model, names, pool_mode='max')
+  return features.feature_dims(fn, variables, (32, 32, 3))
 
 
-def tile(x, n):
-  reps = -(-n // x.shape[0])
-  return np.concatenate([x] * reps)[:n]
+@jax.jit
+def _synth_block(key, z, basis, scale, offset, noise):
+  """Rows of one endpoint: z @ (scale * basis)' + uniform noise + offset."""
+  x = (z * scale) @ basis.T
+  u = jax.random.uniform(key, x.shape, jnp.float32, -1.0, 1.0)
+  return x + noise * np.sqrt(3.0) * u + offset
 
 
-def steady_per_epoch(res):
-  """Seconds per epoch without the first (compiling) period, validation included."""
-  chunks = res['chunk_seconds'][1:] or res['chunk_seconds']
-  return sum(s for _, s in chunks) / max(sum(e for e, _ in chunks), 1)
+def synthetic(dims, n_train, n_val, num_classes=10, rank=256, seed=0):
+  """({endpoint: f32[n_train, D]}, y_train, {endpoint: f32[n_val, D]}, y_val).
+
+  Shared latent factors z ~ N(0, I_rank) per example; endpoint e sees them through an
+  orthonormal basis with eigenvalues 0.2 D i^-1.2 (a fit of the measured spectra),
+  plus flat noise taking the rest of the trace D; labels are an argmax of a random
+  linear function of the top 32 factors plus Gumbel noise (Bayes accuracy ~0.6).
+  """
+  rng = np.random.RandomState(seed)
+  n = n_train + n_val
+  z = rng.randn(n, rank).astype(np.float32)
+  a = rng.randn(32, num_classes)
+  y = np.argmax(z[:, :32] @ a / 2.0 + rng.gumbel(size=(n, num_classes)), 1).astype(np.int32)
+  z = jnp.asarray(z)
+  key = jax.random.key(seed, impl='unsafe_rbg')
+  train, val = {}, {}
+  for i, (name, d) in enumerate(sorted(dims.items())):
+    lam = 0.2 * d * np.arange(1, rank + 1) ** -1.2
+    noise = np.sqrt(max(d - lam.sum(), 0.05 * d) / d)
+    basis, _ = np.linalg.qr(rng.randn(d, rank))
+    offset = rng.uniform(0.5, 1.5, d).astype(np.float32)  # post-ReLU-like means
+    x = _synth_block(jax.random.fold_in(key, i), z, jnp.asarray(basis, jnp.float32),
+                     jnp.asarray(np.sqrt(lam), jnp.float32), jnp.asarray(offset),
+                     jnp.float32(noise))
+    train[name], val[name] = x[:n_train], x[n_train:]
+    del x
+  return train, y[:n_train], val, y[n_train:]
+
+
+def load_dir(path, names):
+  load = lambda f: np.load(os.path.join(path, f))
+  train = {n: jnp.asarray(load(f'train_{n}.npy')) for n in names}
+  val = {n: jnp.asarray(load(f'val_{n}.npy')) for n in names}
+  return train, load('train_y.npy'), val, load('val_y.npy')
+
+
+def best_time(fn, *args, repeats=3):
+  jax.block_until_ready(fn(*args))  # compile + warm
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return min(times)
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--pretrained', default='', help='pretext workdir (default: random init)')
-  p.add_argument('--num_extract', type=int, default=1024,
-                 help='train images to extract (0 = all 45,000)')
-  p.add_argument('--num_train', type=int, default=45_000, help='train rows to train on')
-  p.add_argument('--num_val', type=int, default=512)
-  p.add_argument('--epochs', type=int, default=500)
-  p.add_argument('--all_heads_epochs', type=int, default=20)
-  p.add_argument('--eval_every', type=int, default=50)
-  p.add_argument('--batch_size', type=int, default=512)
-  p.add_argument('--extract_batch', type=int, default=128)
-  p.add_argument('--faithful_steps', type=int, default=2)
+  p.add_argument('--features', default='synthetic', help="'synthetic' or a directory")
+  p.add_argument('--num_train', type=int, default=45_000)
+  p.add_argument('--num_val', type=int, default=5_000)
+  p.add_argument('--endpoints', default='', help='comma-separated subset')
+  p.add_argument('--preset', default='cifar10', help='configs/linear_eval.py preset')
+  p.add_argument('--weight_decays', default='', help="L2 grid ('' = the preset's)")
+  p.add_argument('--tol', type=float, default=0.0, help="0 = the preset's")
+  p.add_argument('--iters', type=int, default=0, help="cap per grid point (0 = preset's)")
+  p.add_argument('--precond_rank', type=int, default=-1, help="-1 = the preset's")
   p.add_argument('--cache_dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--repeats', type=int, default=3)
+  p.add_argument('--numpy', action='store_true', help='also time numpy BLAS passes')
+  p.add_argument('--sgd_epochs', type=int, default=0)
+  p.add_argument('--skip_convergence', action='store_true')
   args = p.parse_args()
 
+  config = le_configs.get_config(args.preset)
+  cfg = linear.make_config(config.train)
+  if args.weight_decays:
+    cfg['weight_decays'] = tuple(float(w) for w in args.weight_decays.split(','))
+  if args.tol > 0:
+    cfg['tol'] = args.tol
+  if args.precond_rank >= 0:
+    cfg['precond_rank'] = args.precond_rank
+  iters = args.iters or config.eval.lbfgs_iters
   dev = jax.devices()[0]
-  print(f'device: {dev.platform} {dev.device_kind} x{jax.device_count()}, '
-        f'jax {jax.__version__}, host cores {os.cpu_count()}')
-  n_ext = args.num_extract if args.num_extract > 0 else 45_000
-  arrays, data_desc = load_cifar(n_ext, args.num_val, args.num_val)
-  model, variables, trunk_desc = load_trunk(args.pretrained)
-  variables = jax.device_put(variables)
-  names = [n for n in models.ENDPOINTS['resnet50_v2'] if n != 'logits']
-  dtype = jnp.bfloat16 if args.cache_dtype == 'bfloat16' else jnp.float32
-  fn = features.make_extract_fn(model, names, pool_mode='max', out_dtype=dtype)
-  src = sources.ArraySource(arrays, 'decode|crop(32)', 'decode|crop(32)')
-  print(f'data: {data_desc}; trunk: ResNet50 v2 k=4 small-input stem, {trunk_desc}')
+  print(f'device: {dev.platform} {dev.device_kind} x{jax.device_count()}, jax '
+        f'{jax.__version__}, host cores {os.cpu_count()}', flush=True)
 
-  # 1. Extraction.
-  jit_fn = jax.jit(fn)
-  jax.block_until_ready(jit_fn(variables, jnp.zeros((args.extract_batch, 32, 32, 3),
-                                                     jnp.uint8)))
+  dims = trunk_dims()
+  if args.endpoints:
+    dims = {n: dims[n] for n in args.endpoints.split(',')}
   t = time.perf_counter()
-  tx, ty = features.extract(fn, variables, src.eval_batches('train', args.extract_batch),
-                            jit_fn=jit_fn)
-  ext_s = time.perf_counter() - t
-  vx, vy = features.extract(fn, variables, src.eval_batches('val', args.extract_batch),
-                            jit_fn=jit_fn)
-  dims = {k: v.shape[1] for k, v in tx.items()}
-  print(f'extraction: {len(ty)} images in {ext_s:.1f}s = {len(ty) / ext_s:.1f} images/s; '
-        f'dims {dims} (total {sum(dims.values())})')
-  if len(ty) < args.num_train:
-    print(f'NOTE: features of {len(ty)} images tiled to {args.num_train} rows '
-          '(timing only)')
-  train = {k: jnp.asarray(tile(v, args.num_train)) for k, v in tx.items()}
-  labels = tile(ty, args.num_train)
-  val = {k: jnp.asarray(v) for k, v in vx.items()}
-  steps = linear.num_steps(args.num_train, args.batch_size)
-  cfg = dict(epochs=args.epochs, batch_size=args.batch_size, base_lrs=(0.1,),
-             weight_decays=(0.0,), schedule='step',
-             decay_epochs=(0.8 * args.epochs, 0.9 * args.epochs),
-             eval_every=args.eval_every, standardize=True)
+  if args.features == 'synthetic':
+    train, y, val, yv = synthetic(dims, args.num_train, args.num_val)
+    desc = 'SYNTHETIC latent-factor features with the measured spectrum (see docstring)'
+  else:
+    train, y, val, yv = load_dir(args.features, sorted(dims))
+    desc = f'features from {args.features}'
+  if args.cache_dtype == 'bfloat16':
+    train = {k: v.astype(jnp.bfloat16) for k, v in train.items()}
+  jax.block_until_ready(train)
+  n = int(y.shape[0])
+  dims = {k: int(v.shape[1]) for k, v in train.items()}
+  print(f'features: {desc}; {n} train / {int(yv.shape[0])} val rows, dims {dims} '
+        f'(total {sum(dims.values())}), {args.cache_dtype}; made in '
+        f'{time.perf_counter() - t:.1f}s', flush=True)
 
-  # 2. Cached, pre_logits alone, the full schedule.
-  res = linear.train_cached({'pre_logits': train['pre_logits']}, labels,
-                            {'pre_logits': val['pre_logits']}, vy, num_classes=10, cfg=cfg)
-  pre_epoch = steady_per_epoch(res)
-  print(f'cached pre_logits [{args.num_train} x {dims["pre_logits"]}], {args.epochs} '
-        f'epochs, batch {args.batch_size} ({steps} steps/epoch): {res["seconds"]:.1f}s '
-        f'wall incl. compile and {args.epochs // args.eval_every} val evals; '
-        f'{1e3 * pre_epoch:.1f} ms/epoch steady')
+  # 1-2. Floor and one pass, per endpoint.
+  stats = linear.feature_stats(train)
+  total = {'bytes': 0, 'floor': 0.0, 'pass': 0.0, 'numpy': 0.0}
+  sum_fn = jax.jit(lambda x: jnp.sum(x, dtype=jnp.float32))
+  print(f"{'endpoint':12s} {'D':>6s} {'GB':>6s} {'sum s':>7s} {'GB/s':>6s} "
+        f"{'pass s':>7s} {'x floor':>7s}" + (f" {'numpy s':>8s}" if args.numpy else ''))
+  for name in sorted(train):
+    x = train[name]
+    if x.dtype != jnp.float32:
+      x = x.astype(jnp.float32)  # what the solver reads (it widens bf16 caches)
+    nbytes = x.size * x.dtype.itemsize
+    floor = best_time(sum_fn, x, repeats=args.repeats)
+    block = solvers.block_rows(x.shape[1], n)
+    fg = jax.jit(lambda x, th, m, s, block=block: solvers.objective(
+        x, jnp.asarray(y), th, m, s, 1e-4, block=block))
+    theta = jnp.asarray(np.random.RandomState(0).randn(x.shape[1] + 1, 10) * 1e-3,
+                        jnp.float32)
+    one = best_time(fg, x, theta, *stats[name], repeats=args.repeats)
+    row = (f'{name:12s} {x.shape[1]:6d} {nbytes / 1e9:6.2f} {floor:7.3f} '
+           f'{nbytes / floor / 1e9:6.1f} {one:7.3f} {one / floor:7.2f}')
+    if args.numpy:
+      xn = np.asarray(x)
+      w = np.asarray(theta[:-1])
+      tn = []
+      for _ in range(args.repeats):
+        t = time.perf_counter()
+        g = xn @ w
+        _ = g.T @ xn
+        tn.append(time.perf_counter() - t)
+      del xn
+      total['numpy'] += min(tn)
+      row += f' {min(tn):8.3f}'
+    print(row, flush=True)
+    total['bytes'] += nbytes
+    total['floor'] += floor
+    total['pass'] += one
+    del x
+  print(f"one pass over all {len(train)} endpoints: {total['pass']:.2f}s; memory floor "
+        f"{total['floor']:.2f}s ({total['bytes'] / 1e9:.2f} GB read once at "
+        f"{total['bytes'] / total['floor'] / 1e9:.1f} GB/s): {total['pass'] / total['floor']:.2f}x"
+        f" the floor (x{total['pass'] / (2 * total['floor']):.2f} of a two-read floor)"
+        + (f"; numpy BLAS x @ W then g' @ x: {total['numpy']:.2f}s" if args.numpy else ''),
+        flush=True)
 
-  # 3. Cached, every head together.
-  e_all = max(args.all_heads_epochs, 1)
-  every = max(min(args.eval_every, e_all // 2), 1)
-  res_all = linear.train_cached(train, labels, val, vy, num_classes=10,
-                                cfg=dict(cfg, epochs=e_all, eval_every=every,
-                                         decay_epochs=()))
-  all_epoch = steady_per_epoch(res_all)
-  extra = '' if e_all >= args.epochs else (
-      f'; {args.epochs} epochs extrapolated: {all_epoch * args.epochs:.0f}s')
-  print(f'cached all {len(names)} heads [{args.num_train} x {sum(dims.values())}], '
-        f'{e_all} epochs: {res_all["seconds"]:.1f}s wall incl. compile; '
-        f'{1e3 * all_epoch:.1f} ms/epoch steady{extra}')
+  # 3. Time to convergence of the default cached probe.
+  if not args.skip_convergence:
+    print(f"L-BFGS: weight_decays {cfg['weight_decays']}, tol {cfg['tol']}, cap {iters} "
+          f"iterations per point, precond_rank {cfg['precond_rank']}", flush=True)
 
-  # 4. Faithful: trunk + every head at every step.
-  fcfg = dict(cfg, standardize=False)
-  params, opt_state, step_fn = linear.make_faithful_step(
-      jax.jit(features.make_extract_fn(model, names, pool_mode='max')), dims, 10, fcfg,
-      steps)
-  it = src.train_batches('train', args.batch_size if n_ext >= args.batch_size else n_ext)
-  scale = {k: jnp.ones((1,), jnp.float32) for k in names}
-  as_dev = lambda b: {'image': jnp.asarray(b['image']), 'label': jnp.asarray(b['label']),
-                      'mask': jnp.asarray(b['mask'])}
-  batch = as_dev(next(it))
-  params, opt_state, loss = step_fn(params, opt_state, variables, batch, scale, 0)
-  jax.block_until_ready(loss)
-  t = time.perf_counter()
-  for s in range(args.faithful_steps):
-    params, opt_state, loss = step_fn(params, opt_state, variables, as_dev(next(it)),
-                                      scale, s + 1)
-  jax.block_until_ready(loss)
-  step_s = (time.perf_counter() - t) / args.faithful_steps
-  b = batch['image'].shape[0]
-  faithful_epoch = step_s * args.num_train / b
-  print(f'faithful (trunk + all heads every step), batch {b}: {step_s:.2f}s/step -> '
-        f'{faithful_epoch:.1f}s/epoch of {args.num_train} images; '
-        f'{args.epochs} epochs: {faithful_epoch * args.epochs / 3600:.1f} h')
-  print(f'ratio cached/faithful time per epoch: pre_logits head {pre_epoch / faithful_epoch:.2e}'
-        f', all heads {all_epoch / faithful_epoch:.2e} '
-        f'(speed-up x{faithful_epoch / pre_epoch:,.0f} and x{faithful_epoch / all_epoch:,.0f})')
+    def log(name, i):
+      print(f"  {name:12s} wd={i['weight_decay']:<8g} iters={i['iters']:4d} "
+            f"passes={i['evals']:4d} converged={i['converged']!s:5s} "
+            f"max|g|={i['grad_max']:.1e} loss={i['value']:.4f} {i['seconds']:6.1f}s",
+            flush=True)
+
+    t = time.perf_counter()
+    res = solvers.train_lbfgs(train, y, val, yv, num_classes=10, cfg=cfg, iters=iters,
+                              log_fn=log)
+    wall = time.perf_counter() - t
+    passes = sum(i['evals'] for v in res['solver_info'].values() for i in v)
+    for name, s in sorted(res['selected'].items()):
+      cells = ', '.join(f"{g['weight_decay']:g}: {100 * g['val_top1']:.2f}"
+                        for g in s['grid'])
+      print(f"  {name:12s} chose wd={s['weight_decay']:g}: val top-1 "
+            f"{100 * s['val_top1']:.2f} ({cells})")
+    print(f"all {len(train)} endpoints x {len(cfg['weight_decays'])} L2 points: "
+          f"{wall:.1f}s wall ({passes} passes; statistics, preconditioners, "
+          f"compilation and validation included); every point converged: "
+          f"{res['stopped_early']}", flush=True)
+
+  # 4. The SGD probe, for comparison.
+  if args.sgd_epochs > 0:
+    scfg = dict(cfg, epochs=args.sgd_epochs, eval_every=1, patience=-1)
+    res = linear.train_cached(train, y, val, yv, num_classes=10, cfg=scfg)
+    steady = res['chunk_seconds'][1:] or res['chunk_seconds']
+    per = sum(s for _, s in steady) / sum(e for e, _ in steady)
+    print(f"SGD probe ({scfg['lr_scaling']} lr, {len(linear.grid(scfg))} grid points, "
+          f"batch {scfg['batch_size']}): {per:.2f}s per epoch of all endpoints "
+          f"(validation included; first epoch with compilation: "
+          f"{res['chunk_seconds'][0][1]:.1f}s)", flush=True)
 
 
 if __name__ == '__main__':

@@ -15,10 +15,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
+import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
 
 from ssl_jax import optim, parallel, tasks, train  # pylint: disable=g-import-not-at-top
+from ssl_jax.data import ops  # pylint: disable=g-import-not-at-top
 
 
 def load_config(spec):
@@ -30,15 +32,18 @@ def load_config(spec):
 
 
 def images_per_sec(config, batch, image_size, steps, warmup=2):
-  """Source images/s of `config.task`'s train step (compile excluded)."""
-  task = tasks.get_task(config.task)
-  model = task.make_model(config)
+  """(source images/s of `config.task`'s train step (compile excluded), trunk inputs
+  per image). The batch has the preprocessing's output shape (views included)."""
+  task = tasks.get_task(config.task, config)
+  model = train.make_model(config, task)
   mesh = parallel.make_mesh()
   tx_fn = lambda p: optim.make_optimizer(config.optimizer, p, optax.constant_schedule(0.01))
-  state, tx = train.init_state(config, task, model, mesh, (image_size, image_size, 3), tx_fn)
+  shape = tuple(ops.output_shape(config.input.pp_train, (image_size, image_size, 3),
+                                 train=True))
+  state, tx = train.init_state(config, task, model, mesh, shape, tx_fn)
   step = train.make_train_step(config, task, model, tx, mesh)
   rng = np.random.RandomState(0)
-  host = {'image': rng.randint(0, 256, (batch, image_size, image_size, 3)).astype(np.uint8),
+  host = {'image': rng.randint(0, 256, (batch,) + shape).astype(np.uint8),
           'label': rng.randint(0, config.data.num_classes, batch).astype(np.int32),
           'mask': np.ones(batch, bool)}
   data = parallel.global_batch(mesh, host)
@@ -49,7 +54,9 @@ def images_per_sec(config, batch, image_size, steps, warmup=2):
   for _ in range(steps):
     state, metrics = step(state, data)
   jax.block_until_ready(metrics)
-  return batch * steps / (time.perf_counter() - t)
+  per_image = jax.eval_shape(lambda: task.pretext(
+      jax.random.key(0), train.dummy_batch(shape, 1), train=True)[0]['image']).shape[1]
+  return batch * steps / (time.perf_counter() - t), per_image
 
 
 def main():
@@ -77,13 +84,15 @@ def main():
         f'batch {batch}, {size} px')
   for dtype in args.dtypes.split(','):
     config.model.dtype = dtype
-    pretext = images_per_sec(config, batch, size, args.steps)
+    pretext, per_image = images_per_sec(config, batch, size, args.steps)
     sup = config.copy_and_resolve_references()
     sup.task = 'supervised'
-    baseline = images_per_sec(sup, batch, size, args.steps)
-    copies = tasks.get_task(config.task).copies(config, True)
-    print(f'{dtype:9s} {config.task}: {pretext:9.1f} source img/s ({pretext * copies:9.1f} '
-          f'examples/s) | supervised step: {baseline:9.1f} img/s | ratio {pretext / baseline:.3f}')
+    sup.tasks.supervised = ml_collections.ConfigDict()
+    sup.input.pp_train = f'decode|resize({size})'
+    baseline, _ = images_per_sec(sup, batch, size, args.steps)
+    print(f'{dtype:9s} {config.task}: {pretext:9.1f} source img/s ({pretext * per_image:9.1f} '
+          f'trunk inputs/s) | supervised step: {baseline:9.1f} img/s | ratio '
+          f'{pretext / baseline:.3f}')
 
 
 if __name__ == '__main__':

@@ -8,18 +8,31 @@ initialised trunk built from `config.model` (the random-features baseline). The 
 section is independent of the pretext run's: a trunk trained on one dataset can be
 evaluated on another's labels (transfer), e.g. Imagenette64 -> CIFAR-10.
 
+Linear probes on cached features (eval.solver):
+  'lbfgs' (default): multinomial logistic regression on standardised features solved to
+          max |gradient| <= train.tol for every L2 coefficient of train.weight_decays
+          (per example: scikit-learn's C = 1 / (N wd)), each point on its own, largest
+          first, warm-started; the best on the val split is kept (solvers.py).
+  'sgd':  momentum SGD with a schedule (linear.py); with train.lr_scaling='features' its
+          lr is set from the cached features' scale (stable on any endpoint); 'batch' is
+          the study's lr 0.1 x batch / 256 (the faithful mode's, which oscillates on wide
+          standardised features). Needed for eval.views > 1.
+  'ridge': closed-form ridge regression on +-1 targets.
+
 Presets:
   cifar10       CIFAR-10 (JPEG q75) at 32 px: resize_small 36 -> crop 32 (the study's
-                256/224 zoom), cached features, SGD on all heads for up to 500 epochs,
-                lr/wd grid, stop on a validation plateau; kNN; low-shot on pre_logits.
+                256/224 zoom), cached features, L-BFGS probes on all heads over an L2
+                grid; kNN; low-shot on pre_logits. solver='sgd' gives the long SGD
+                schedule (up to 500 epochs, lr/wd grid, stop on a validation plateau).
   cifar10_cpu   the same at CPU size (the pretext `cifar10_cpu` job's last phase):
-                10k train examples, 100 epochs, a small grid.
+                10k train examples (SGD: 100 epochs, a small grid).
   imagenette64  Imagenette at 64 px: resize_small 73 -> crop 64; as cifar10.
   imagenet      the study's reported protocol, 'faithful': images through the trunk at
                 every step, resize_small 256 -> crop 224 (random at train, central at
                 test), no flip, batch 2048, lr 0.1 * 2048/256, 520 epochs, x0.1 at 480
-                and 500, VALID max pooling to <= 9000 dims, wd 0.
-  smoke         tiny, for tests (hundreds of examples, a few epochs, 16 px).
+                and 500, VALID max pooling to <= 9000 dims, wd 0 (SGD, lr_scaling
+                'batch').
+  smoke         tiny, for tests (hundreds of examples, a few epochs, 16 px; SGD).
 Patch models (pretext task jigsaw / relative_patch_location) switch to the study's patch
 geometry automatically: resize_small 3.5p -> crop 3p -> 3x3 cells of p px (p = the
 pretext patch size; 224 -> 192 -> 64 for the study), features averaged over patches.
@@ -50,7 +63,7 @@ def base_config():
 
   c.eval = ml_collections.ConfigDict(dict(
       mode='cached',             # 'cached' (features extracted once) or 'faithful'
-      solver='sgd',              # cached only: 'sgd', 'lbfgs' or 'ridge'
+      solver='lbfgs',            # cached only: 'lbfgs', 'sgd' or 'ridge' (faithful: 'sgd')
       endpoints='',              # comma-separated subset; '' = all but logits
       pool_mode='max',           # pooling.MODES; 'max' = the study's VALID rule
       target_dims=9000,
@@ -61,21 +74,28 @@ def base_config():
       max_cache_gb=0.0,          # > 0: train endpoint groups whose cache fits, in turn
       trunk_dtype='',            # '' = the pretext run's compute dtype
       max_train_examples=-1,     # > 0: use only the first N train examples
-      lbfgs_iters=500,
+      lbfgs_iters=500,           # L-BFGS iteration cap of each L2 point
   ))
   c.train = ml_collections.ConfigDict(dict(
       head='linear', mlp_hidden=1000, mlp_dropout=0.5,
-      batch_size=512, epochs=500, base_lrs=(0.1,), weight_decays=(0.0,),
+      batch_size=512, epochs=500, base_lrs=(0.1,),
+      # The L2 grid (per example). wd = 0 has no finite optimum on separable features:
+      # L-BFGS stops it when the loss's gradient vanishes below tol, or at lbfgs_iters.
+      weight_decays=(1e-2, 1e-3, 1e-4),
       momentum=0.9, nesterov=False, schedule='step', decay_epochs=(300.0, 400.0),
-      decay_factor=0.1, max_decays=2, eval_every=10, patience=-1, standardize=False,
-      seed=0, eval_batch_size=1024))
+      decay_factor=0.1, max_decays=2, eval_every=10, patience=-1, standardize=True,
+      seed=0, eval_batch_size=1024,
+      lr_scaling='batch',        # SGD: 'batch' (the study's) or 'features' (cached)
+      tol=1e-4,                  # L-BFGS: max |gradient| of the mean objective
+      precond_rank=128))         # L-BFGS: rank of the spectral preconditioner
   c.mlp = ml_collections.ConfigDict(dict(
       enabled=False, endpoints='pre_logits',
       train=ml_collections.ConfigDict(dict(
           # An MLP without BN diverges at the linear heads' lr 0.1 on standardised
           # features (measured on cifar10_cpu: 0.03 best of 0.003..0.1).
           head='mlp', epochs=100, base_lrs=(0.01, 0.03), weight_decays=(0.0,),
-          schedule='step', decay_epochs=(60.0, 80.0), eval_every=5, patience=-1))))
+          schedule='step', decay_epochs=(60.0, 80.0), eval_every=5, patience=-1,
+          lr_scaling='batch'))))
   c.knn = ml_collections.ConfigDict(dict(
       enabled=True, presets=('k20_t0.07', 'k200_t0.1'), endpoints='pre_logits'))
   c.lowshot = ml_collections.ConfigDict(dict(
@@ -97,16 +117,20 @@ def get_config(preset='cifar10'):
     c.input.cache = True
     c.eval_batch_size = 500
     c.eval.cache_dtype = 'float32'
-    c.train.update(batch_size=512, epochs=500, base_lrs=(0.01, 0.1),
-                   weight_decays=(0.0, 1e-4), schedule='plateau', eval_every=10,
-                   patience=30, max_decays=2, standardize=True)
+    c.eval.solver = 'lbfgs'
+    # L-BFGS: the L2 grid. SGD (solver='sgd'): base lrs in units of the features'
+    # inverse curvature (lr_scaling='features'), the same L2 grid, plateau decays.
+    c.train.update(batch_size=512, epochs=500, base_lrs=(0.3, 1.0),
+                   weight_decays=(1e-2, 1e-3, 1e-4), schedule='plateau', eval_every=10,
+                   patience=30, max_decays=2, standardize=True, lr_scaling='features',
+                   tol=1e-4, precond_rank=128)
     c.mlp.enabled = True
     c.lowshot.enabled = True
     if preset == 'cifar10_cpu':
       c.eval.max_train_examples = 10_000
       c.eval_batch_size = 250
-      c.train.update(epochs=100, base_lrs=(0.1,), weight_decays=(0.0,), eval_every=5,
-                     patience=15, batch_size=256)
+      c.train.update(epochs=100, base_lrs=(1.0,), eval_every=5, patience=15,
+                     batch_size=256)
       c.mlp.train.update(epochs=30, eval_every=5, decay_epochs=(20.0, 25.0),
                          base_lrs=(0.03,))
       c.lowshot.update(shots=(1, 4, 16, 64), samples=3)
@@ -115,11 +139,12 @@ def get_config(preset='cifar10'):
     c.input.pp_train = 'decode|resize_small(256)|crop(224)'
     c.input.pp_eval = 'decode|resize_small(256)|crop(224)'
     c.eval.mode = 'faithful'
+    c.eval.solver = 'sgd'
     c.batch_size = 2048
     c.eval_batch_size = 512
     c.train.update(batch_size=2048, epochs=520, base_lrs=(0.1,), weight_decays=(0.0,),
                    schedule='step', decay_epochs=(480.0, 500.0), eval_every=10,
-                   patience=-1, standardize=False)
+                   patience=-1, standardize=False, lr_scaling='batch')
     c.knn.enabled = False  # kNN over 1.28M images: run it on cached features instead.
   elif preset == 'smoke':
     c.data.train_split = 'train[:300]'
@@ -130,6 +155,7 @@ def get_config(preset='cifar10'):
     c.input.shuffle_buffer = 256
     c.batch_size = 64
     c.eval_batch_size = 64
+    c.eval.solver = 'sgd'  # tests check the SGD schedule's bookkeeping end to end
     c.train.update(batch_size=64, epochs=6, base_lrs=(0.1,), weight_decays=(0.0, 1e-3),
                    schedule='step', decay_epochs=(4.0,), eval_every=2, patience=-1,
                    standardize=True, eval_batch_size=64)

@@ -5,6 +5,13 @@ A pipeline is a big_vision-style string of ops separated by '|', e.g.
   decode|inception_crop(224)|flip_lr|color_jitter
   decode|resize_small(256)|crop(224)
   decode|resize(292)|to_gray(0.66)|crop(255)
+  decode|to_gray(0.66)|views(8)|inception_preprocess(224)
+
+The grammar (`parse_spec`) and the argument checks are shared with the JAX
+implementation of the same ops, ssl_jax.data.ops (the device-resident data
+path): both registries hold the same op names with the same arguments and
+semantics, and each op's arguments are validated by building the JAX op too,
+so both paths accept and reject the same specs with the same messages.
 
 Every op is a factory registered in `OPS`; called with the op's arguments it
 returns `fn(features) -> features`, where `features` is a dict holding one
@@ -18,21 +25,27 @@ pure function of (example, seed). The datasets derive the seed from the
 config seed and the example's position: in the host's stream for training
 (with the process index), in the split for evaluation (host-count free).
 
+`views(n)`: the ops before it run once per image (a `to_gray` decision is
+shared by every copy, as the study's exemplar task); the image is repeated n
+times and the ops after it run once per view, each view with its own share of
+the seed (the views op's seed split n ways): the example's image becomes
+uint8[n, h, w, 3], so batches are uint8[B, n, h, w, 3].
+
 Ops that behave differently at training and evaluation take a `train` flag
 (`crop`, `inception_preprocess`, `pad_crop_flip`); `get_preprocess_fn(spec,
 train=...)` passes it. The other random ops (`inception_crop`, `flip_lr`,
-`color_jitter`, `random_crop`, `to_gray`) are random wherever they are written,
-as in big_vision; `to_gray` is meant to be random at evaluation too (the study
+`color_jitter`, `random_crop`, `to_gray`, and SimCLR's `color_distort` and
+`gaussian_blur`) are random wherever they are written, as in big_vision; `to_gray` is meant to be random at evaluation too (the study
 applies it to the pretext evaluation of the patch tasks).
 
 Resizes use TF1's legacy kernels (`tf.compat.v1.image.resize_*`,
 align_corners=False, no half-pixel centres), as the study did.
 """
-import ast
-import inspect
-from typing import Callable, Dict, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
+
+from ssl_jax.data import ops as jax_ops
 
 try:  # TF is only the input pipeline: it must never take accelerator memory.
   tf.config.set_visible_devices([], 'GPU')
@@ -48,7 +61,8 @@ OPS: Dict[str, Callable[..., PreprocessFn]] = {}
 # Ops whose output has the input's size: a pipeline of only these keeps the
 # dataset's own static image shape (e.g. 'decode|pad_crop_flip' on CIFAR-10).
 SIZE_PRESERVING_OPS = frozenset(
-    {'decode', 'flip_lr', 'color_jitter', 'to_gray', 'pad_crop_flip'})
+    {'decode', 'flip_lr', 'color_jitter', 'to_gray', 'pad_crop_flip',
+     'color_distort', 'gaussian_blur'})
 
 
 def register(name: str):
@@ -383,20 +397,36 @@ def crop(size: Size, *, train: bool) -> PreprocessFn:
   return random_crop(size) if train else central_crop(size)
 
 
-@register('to_gray')
-def to_gray(p: float = 1.0) -> PreprocessFn:
-  """With probability p (decided once per image), RGB -> channel mean x 3.
+def _gray(image, weights):
+  """uint8[H, W, 3] -> uint8[H, W, 3] of equal channels ('mean' or 'luma')."""
+  if weights == 'mean':
+    # int16 holds 3 * 255; faster than int32 here.
+    g = tf.cast(tf.reduce_sum(tf.cast(image, tf.int16), -1, keepdims=True)
+                // 3, tf.uint8)
+  else:
+    x = tf.cast(image, tf.float32)
+    w = jax_ops.LUMA_WEIGHTS
+    g = _to_uint8(x[..., 0:1] * w[0] + x[..., 1:2] * w[1] + x[..., 2:3] * w[2])
+  return tf.tile(g, [1, 1, 3])
 
-  On uint8 the mean is the study's integer mean: floor((R + G + B) / 3).
+
+@register('to_gray')
+def to_gray(p: float = 1.0, weights: str = 'mean') -> PreprocessFn:
+  """With probability p (decided once per image), RGB -> gray x 3 channels.
+
+  weights='mean' (default): the study's integer mean floor((R + G + B) / 3).
+  weights='luma': ITU-R 601, round(0.2989 R + 0.5870 G + 0.1140 B) on
+  [0, 255] floats (tf.image.rgb_to_grayscale's weights; SimCLR's colour drop
+  is `to_gray(0.2, weights='luma')`).
   """
+  if weights not in jax_ops.GRAY_WEIGHTS:
+    raise ValueError(f'weights must be one of {jax_ops.GRAY_WEIGHTS}, got '
+                     f'{weights!r}')
   def fn(features):
     seed, features = _take_seed(features)
     image = features['image']
-    def gray():
-      # int16 holds 3 * 255; faster than int32 here.
-      mean = tf.reduce_sum(tf.cast(image, tf.int16), -1, keepdims=True) // 3
-      return tf.tile(tf.cast(mean, tf.uint8), [1, 1, 3])
-    out = tf.cond(_uniform(seed) < p, gray, lambda: image)
+    out = tf.cond(_uniform(seed) < p, lambda: _gray(image, weights),
+                  lambda: image)
     out.set_shape(image.shape)
     features['image'] = out
     return features
@@ -426,6 +456,123 @@ def pad_crop_flip(pad: int = 4, *, train: bool) -> PreprocessFn:
   return fn
 
 
+def _color_distort_01(x, seed, strength):
+  """SimCLR colour jitter on float [0, 1]: four ops in random order, clipped.
+
+  Draws as ssl_jax.data.ops.color_distort_params (the seed split 6 ways:
+  apply, brightness, contrast, saturation, hue, order); the 'apply' half is
+  the caller's.
+  """
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
+  b = c = s = 0.8 * strength
+  h = 0.2 * strength
+  f_bright = _uniform(seeds[1], max(0.0, 1.0 - b), 1.0 + b)
+  f_contrast = _uniform(seeds[2], max(0.0, 1.0 - c), 1.0 + c)
+  f_sat = _uniform(seeds[3], max(0.0, 1.0 - s), 1.0 + s)
+  d_hue = _uniform(seeds[4], -h, h)
+  order = tf.argsort(tf.random.stateless_uniform([4], seeds[5]))
+  for i in range(4):
+    x = tf.switch_case(order[i], [
+        lambda x=x: x * f_bright,
+        lambda x=x: tf.image.adjust_contrast(x, f_contrast),
+        lambda x=x: _adjust_saturation(x, f_sat),
+        lambda x=x: tf.image.adjust_hue(x, d_hue)])
+    x = tf.clip_by_value(x, 0.0, 1.0)
+  return x
+
+
+@register('color_distort')
+def color_distort(strength: float = 1.0, p: float = 0.8) -> PreprocessFn:
+  """SimCLR colour jitter (Chen et al. 2020, App. A), with probability p.
+
+  On [0, 1] floats, in a uniformly random order, each followed by a clip to
+  [0, 1] (google-research/simclr, impl 'simclrv2'):
+    brightness: x * f, f ~ U[max(0, 1 - 0.8 s), 1 + 0.8 s] (multiplicative,
+      as SimCLR v2 and torchvision's ColorJitter; SimCLR v1 added a delta);
+    contrast: tf.image.adjust_contrast, f ~ U[max(0, 1 - 0.8 s), 1 + 0.8 s];
+    saturation: tf.image.adjust_saturation, same range;
+    hue: tf.image.adjust_hue, delta ~ U[-0.2 s, 0.2 s] (fraction of a turn).
+  Rounded once to uint8; unchanged when not applied.
+  """
+  def fn(features):
+    seed, features = _take_seed(features)
+    image = features['image']
+    def distort():
+      x = tf.cast(image, tf.float32) / 255.0
+      return _to_uint8(_color_distort_01(x, seed, strength) * 255.0)
+    s_apply = tf.random.experimental.stateless_split(seed, 6)[0]
+    out = tf.cond(_uniform(s_apply) < p, distort, lambda: image)
+    out.set_shape(image.shape)
+    features['image'] = out
+    return features
+  return fn
+
+
+def _gaussian_blur(image, sigma, radius):
+  """Separable Gaussian blur, zero padding ('SAME'): float[H, W, 3] -> same.
+
+  SimCLR's: a normalised kernel exp(-x^2 / (2 sigma^2)), x = -r..r, as two
+  depthwise convolutions (vertical, then horizontal).
+  """
+  x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+  k = tf.exp(-x * x / (2.0 * sigma * sigma))
+  k /= tf.reduce_sum(k)
+  k = tf.tile(k[:, None, None, None], [1, 1, 3, 1])
+  out = tf.nn.depthwise_conv2d(image[None], k, [1, 1, 1, 1], 'SAME')
+  out = tf.nn.depthwise_conv2d(out, tf.transpose(k, [1, 0, 2, 3]),
+                               [1, 1, 1, 1], 'SAME')
+  return out[0]
+
+
+@register('gaussian_blur')
+def gaussian_blur(p: float = 0.5, sigma_min: float = 0.1,
+                  sigma_max: float = 2.0, kernel_fraction: float = 0.1
+                  ) -> PreprocessFn:
+  """SimCLR's random Gaussian blur (Chen et al. 2020, App. A), probability p.
+
+  sigma ~ U[sigma_min, sigma_max] (pixels); kernel side floor(kernel_fraction
+  x H) (SimCLR's height // 10), radius side // 2, so 2 radius + 1 taps;
+  separable, zero padding ('SAME'); radius 0 is the identity. Rounded to
+  uint8.
+  """
+  def fn(features):
+    seed, features = _take_seed(features)
+    s_apply, s_sigma = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2))
+    image = features['image']
+    height = image.shape[0]
+    if height is not None:  # Static: the same radius as the JAX op.
+      radius = tf.constant(jax_ops.blur_radius(height, kernel_fraction))
+    else:
+      side = tf.floor(tf.cast(tf.shape(image)[0], tf.float64) *
+                      kernel_fraction + 1e-9)
+      radius = tf.cast(side, tf.int32) // 2
+    def blur():
+      sigma = _uniform(s_sigma, sigma_min, sigma_max)
+      return _to_uint8(_gaussian_blur(tf.cast(image, tf.float32), sigma,
+                                      radius))
+    out = tf.cond(_uniform(s_apply) < p, blur, lambda: image)
+    out.set_shape(image.shape)
+    features['image'] = out
+    return features
+  return fn
+
+
+@register(jax_ops.VIEWS)
+def views(n: int) -> PreprocessFn:
+  """Repeats the image n times: uint8[H, W, 3] -> uint8[n, H, W, 3].
+
+  In a spec (get_preprocess_fn) the ops after it then run per view, each
+  with its own seed; on its own it only tiles (and advances the seed chain).
+  """
+  def fn(features):
+    _, features = _take_seed(features)
+    features['image'] = tf.tile(features['image'][None], [n, 1, 1, 1])
+    return features
+  fn.num_views = n
+  return fn
+
+
 # ----------------------------------------------------------------------------
 # Spec strings.
 
@@ -433,46 +580,27 @@ def pad_crop_flip(pad: int = 4, *, train: bool) -> PreprocessFn:
 def parse_spec(spec: str):
   """'a|b(1, x=2)' -> [('a', (), {}), ('b', (1,), {'x': 2})]. Empty ops dropped.
 
-  Arguments are Python literals. Raises ValueError for unknown ops (listing
-  the known ones) and for malformed ops.
+  The shared grammar (ssl_jax.data.ops.parse_spec) checked against this
+  registry. Raises ValueError for unknown ops (listing the known ones) and
+  for malformed ops.
   """
-  ops = []
-  for part in spec.split('|'):
-    part = part.strip()
-    if not part:
-      continue
-    try:
-      node = ast.parse(part, mode='eval').body
-      if isinstance(node, ast.Name):
-        name, args, kwargs = node.id, (), {}
-      elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        name = node.func.id
-        args = tuple(ast.literal_eval(a) for a in node.args)
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-      else:
-        raise SyntaxError('not a name or call')
-    except (SyntaxError, ValueError) as e:
-      raise ValueError(f'Malformed preprocessing op {part!r} in {spec!r}: {e}'
-                       ) from None
-    if name not in OPS:
-      raise ValueError(f'Unknown preprocessing op {name!r} in {spec!r}. '
-                       f'Known ops: {", ".join(sorted(OPS))}.')
-    ops.append((name, args, kwargs))
-  return ops
+  return jax_ops.parse_spec(spec, known=OPS)
 
 
-def get_op(name: str, args=(), kwargs=None, *, train: bool = True
-           ) -> PreprocessFn:
-  """Builds one registered op, passing `train` only to ops that take it."""
-  kwargs = dict(kwargs or {})
-  factory = OPS[name]
-  if 'train' in inspect.signature(factory).parameters:
-    kwargs['train'] = train
-  try:
-    return factory(*args, **kwargs)
-  except TypeError as e:
-    raise ValueError(f'Bad arguments for preprocessing op {name!r}: {e}'
-                     ) from None
+def get_op(name: str, args=(), kwargs=None, *, train: bool = True,
+           spec: Optional[str] = None) -> PreprocessFn:
+  """Builds one registered op, passing `train` only to ops that take it.
+
+  The arguments are first checked by building the JAX op of the same name
+  (same signature and value checks on both paths).
+
+  Raises:
+    ValueError: bad arguments ('Bad arguments for preprocessing op ...').
+  """
+  if name in jax_ops.OPS:
+    jax_ops.build_op(name, args, kwargs, train=train, spec=spec)
+  return jax_ops.build_op(name, args, kwargs, train=train, registry=OPS,
+                          spec=spec)
 
 
 def get_preprocess_fn(spec: str, *, train: bool = True) -> PreprocessFn:
@@ -485,19 +613,37 @@ def get_preprocess_fn(spec: str, *, train: bool = True) -> PreprocessFn:
 
   Returns:
     fn(features) -> features. The input's `image` is bytes or uint8; the
-    output's is uint8[H, W, 3]. `_seed` (int64[2]) seeds it if present and is
-    removed from the output.
+    output's is uint8[H, W, 3], or uint8[n, H, W, 3] with `views(n)` (the ops
+    after it run per view, each with its own seed). `_seed` (int64[2]) seeds
+    it if present and is removed from the output.
+
+  Raises:
+    ValueError: malformed or unknown ops, bad arguments, `views` twice.
   """
-  ops = [get_op(n, a, k, train=train) for n, a, k in parse_spec(spec)]
+  parsed = parse_spec(spec)
+  ops = [get_op(n, a, k, train=train, spec=spec) for n, a, k in parsed]
+  index = jax_ops.views_index(parsed, spec)
+  pre = ops if index is None else ops[:index]
+  post = [] if index is None else ops[index + 1:]
 
   def fn(features):
     features = dict(features)
-    for op in ops:
+    for op in pre:
       features = op(features)
+    if index is not None:
+      seed, features = _take_seed(features)
+      n = ops[index].num_views
+      seeds = tf.random.experimental.stateless_split(seed, n)
+      images = []
+      for i in range(n):
+        view = {**features, SEED_KEY: seeds[i]}
+        for op in post:
+          view = op(view)
+        images.append(view['image'])
+      features['image'] = tf.stack(images)
     features.pop(SEED_KEY, None)
     if features['image'].dtype != tf.uint8:
       raise ValueError(f'Preprocessing {spec!r} must end with uint8 images, '
                        f'got {features["image"].dtype} (start with decode).')
     return features
   return fn
-

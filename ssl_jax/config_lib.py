@@ -36,7 +36,7 @@ def validate(config, num_devices=None):
     return  # linear_eval validates its own config.
   # Registries are imported here so a typo is caught before the models are built.
   from ssl_jax import models, tasks  # pylint: disable=g-import-not-at-top
-  _allowed('task', config.task, sorted(tasks.TASKS))
+  _allowed('task', config.task, tasks.names())
   m = config.model
   _allowed('model.name', m.name, sorted(models.MODELS))
   if not isinstance(m.width, int) or m.width < 1:
@@ -68,8 +68,10 @@ def validate(config, num_devices=None):
     _positive('total_steps', config.total_steps)
   _positive('steps_per_epoch', config.steps_per_epoch, allow_minus_one=True)
   o = config.optimizer
-  _allowed('optimizer.name', o.name, ('momentum', 'adam'))
-  _allowed('optimizer.schedule', o.schedule, ('step', 'cosine', 'constant'))
+  from ssl_jax import optim  # pylint: disable=g-import-not-at-top
+  _allowed('optimizer.name', o.name, optim.NAMES)
+  _allowed('optimizer.schedule', o.schedule, optim.SCHEDULES)
+  _allowed('optimizer.lr_scaling', o.lr_scaling, optim.SCALINGS)
   _positive('optimizer.base_lr', o.base_lr)
   if o.weight_decay < 0:
     raise ConfigError(f'config.optimizer.weight_decay={o.weight_decay} must be >= 0')
@@ -88,7 +90,41 @@ def validate(config, num_devices=None):
   if config.run_linear_eval and not config.linear_eval_preset:
     raise ConfigError('config.run_linear_eval=True needs config.linear_eval_preset '
                       "(a preset of configs/linear_eval.py, e.g. 'cifar10')")
-  task = tasks.get_task(config.task)
-  if hasattr(task, 'validate_config'):
-    task.validate_config(config)
+  _validate_preprocessing(config)
+  try:
+    task = tasks.get_task(config.task, config)
+    task.validate(config)
+  except ConfigError:
+    raise
+  except (ValueError, KeyError, AttributeError) as e:
+    raise ConfigError(str(e).strip('"\'')) from None
+  from ssl_jax.data import ops  # pylint: disable=g-import-not-at-top
+  for key in ('pp_train', 'pp_eval'):
+    views = ops.num_views(config.input[key])
+    if views != task.num_views:
+      raise ConfigError(
+          f'config.input.{key}={config.input[key]!r} makes {views} view(s) per image; task '
+          f'{task.name!r} needs {task.num_views} (write `views({task.num_views})` in the '
+          'preprocessing string)' if task.num_views > 1 else
+          f'config.input.{key}={config.input[key]!r} makes {views} views per image; task '
+          f'{task.name!r} takes one image (remove the views op)')
+
+
+def _validate_preprocessing(config):
+  """Every preprocessing string parses and builds, and train/eval shapes agree."""
+  from ssl_jax.data import ops  # pylint: disable=g-import-not-at-top
+  size = config.data.image_size
+  shapes = {}
+  for key, train in (('pp_train', True), ('pp_eval', False)):
+    spec = config.input[key]
+    try:
+      ops.check_spec(spec, train=train)
+      shapes[key] = tuple(ops.output_shape(spec or 'decode', (size, size, 3), train=train))
+    except ValueError as e:
+      raise ConfigError(f'config.input.{key}={spec!r}: {e}') from None
+  if shapes['pp_train'] != shapes['pp_eval']:
+    raise ConfigError(
+        f"config.input.pp_train gives examples of shape {shapes['pp_train']} but pp_eval "
+        f"{shapes['pp_eval']} (from {size}-px images); the model needs one shape: end both "
+        'with ops of the same output size')
 

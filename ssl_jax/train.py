@@ -7,6 +7,8 @@ mesh: one program per device, per-device BatchNorm statistics unless
 `config.model.cross_device_bn`, gradients the mean over the global batch. The
 task's pretext stage (uint8 images -> inputs, targets) runs inside the step on
 the device, or on the host CPU when `config.input.pretext_on_device` is False.
+The model is the shared trunk plus the task's head (`PretextModel`): parameters under
+params['trunk'] and params['heads'][task]; the loss is the task's.
 
 This module imports no TensorFlow: the tf.data source and clu's metric writers
 are imported inside `train_and_evaluate` only.
@@ -26,17 +28,82 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
+import flax.linen as nn
+
 from ssl_jax import checkpoint
 from ssl_jax import config_lib
+from ssl_jax import models
 from ssl_jax import optim
 from ssl_jax import parallel
 from ssl_jax import tasks
+from ssl_jax.data import sources
 
 AXIS = parallel.AXIS
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or inf; the state of the last good step is kept."""
+  """The loss or the updated state became NaN or inf; the last good state is kept."""
+
+
+# ------------------------------------------------------------------ model
+
+
+class HeadSet(nn.Module):
+  """The task heads, each under params['heads'][task name]."""
+  specs: tuple  # ((task name, head module), ...)
+
+  @nn.compact
+  def __call__(self, name, endpoints, inputs, train):
+    head = dict(self.specs)[name].clone(parent=self, name=name)
+    return head(endpoints, inputs, train)
+
+
+class PretextModel(nn.Module):
+  """The shared trunk (no logits layer) plus the heads of the trained task(s).
+
+  `__call__(inputs {task: pretext inputs}, train) -> ({task: head outputs},
+  {task: trunk endpoints})`: for each task the trunk runs once over all of
+  inputs['image'] f32[B, n, h, w, c] flattened to [B * n, h, w, c] (image-major, one
+  BatchNorm batch), then the task's head reads the endpoints.
+  """
+  model: flax.core.FrozenDict  # config.model
+  specs: tuple                 # ((task name, head module), ...)
+
+  def setup(self):
+    m = self.model
+    self.trunk = models.create_model(
+        m['name'], num_classes=0, width=m['width'], dtype=m['dtype'],
+        patch_strides=m['patch_strides'], small_input=m['small_input'],
+        last_relu=m['last_relu'], bn_axis_name=AXIS if m['cross_device_bn'] else None)
+    self.heads = HeadSet(self.specs)
+
+  def __call__(self, inputs, train):
+    outputs, endpoints = {}, {}
+    for name, _ in self.specs:
+      x = inputs[name]['image']
+      _, eps = self.trunk(x.reshape((-1,) + x.shape[-3:]), train=train)
+      outputs[name] = self.heads(name, eps, inputs[name], train)
+      endpoints[name] = eps
+    return outputs, endpoints
+
+
+def make_model(config, task):
+  """The trunk of config.model with `task`'s head."""
+  return PretextModel(model=flax.core.FrozenDict(config.model.to_dict()),
+                      specs=((task.name, task.head),))
+
+
+def dummy_batch(image_shape, n=2):
+  """A zero uint8 batch of n examples of `image_shape` ((V,) H, W, C)."""
+  return {'image': jnp.zeros((n,) + tuple(image_shape), jnp.uint8),
+          'label': jnp.zeros((n,), jnp.int32), 'mask': jnp.ones((n,), bool)}
+
+
+def all_finite(tree):
+  """bool[]: every floating value of the pytree is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 # ------------------------------------------------------------------ train state
@@ -46,24 +113,36 @@ def init_state(config, task, model, mesh, image_shape, tx_fn):
   """Initial train state on every device: dict(params, batch_stats, opt_state, step, rng).
 
   Args:
-    image_shape: (H, W, C) of the uint8 images the pretext stage receives.
+    image_shape: ((V,) H, W, C) of the uint8 images the pretext stage receives.
     tx_fn: params -> optax transformation (weight-decay masks need the params).
   Returns:
     (state, tx).
   """
-  rng = jax.random.key(config.seed)
-  pretext = task.make_pretext_fn(config, train=False)
-  images = jnp.zeros((2,) + tuple(image_shape), jnp.uint8)
-  inputs, _ = pretext(jax.random.key(0), images, jnp.zeros((2,), jnp.int32))
-  init_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, 1))
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      {'params': init_rng, 'dropout': dropout_rng}, inputs)
-  params = variables['params']
-  batch_stats = variables.get('batch_stats', {})
-  tx = tx_fn(params)
-  state = dict(params=params, batch_stats=batch_stats, opt_state=tx.init(params),
-               step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(rng))
-  return parallel.replicate(mesh, state), tx
+  def variables_fn():
+    rng = jax.random.key(config.seed)
+    inputs, _ = task.pretext(jax.random.key(0), dummy_batch(image_shape), train=False)
+    init_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, 1))
+    return model.init({'params': init_rng, 'dropout': dropout_rng}, {task.name: inputs},
+                      train=False)
+
+  # The optimizer's masks need only the parameter tree's structure.
+  tx = tx_fn(jax.eval_shape(variables_fn)['params'])
+
+  def state_fn():
+    variables = variables_fn()
+    params = variables['params']
+    return dict(params=params, batch_stats=variables.get('batch_stats', {}),
+                opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
+                rng=jax.random.key_data(jax.random.key(config.seed)))
+
+  # One compiled program, its outputs replicated on every device of every host
+  # (eager initialisation would compile each small op on its own: seconds on a CPU).
+  init = jax.jit(state_fn, out_shardings=parallel.replicated(mesh)).lower()
+  # XLA:CPU spends ~10 s optimising the unrolled threefry hashes of the initialisers;
+  # a program that runs once needs none of it (same values, compiled in < 1 s).
+  options = ({'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+             if jax.default_backend() == 'cpu' else None)
+  return init.compile(options)(), tx
 
 
 # ------------------------------------------------------------------ steps
@@ -79,33 +158,37 @@ def eval_rng(seed, device_index):
   return jax.random.fold_in(jax.random.key(seed + 1), device_index)
 
 
+def _pretext_stage(task, batch, rng, train, on_device):
+  """(inputs, targets) of a batch: the task's pretext stage here, or the host's result."""
+  if on_device:
+    return task.pretext(rng, batch, train=train)
+  return batch['inputs'], batch['targets']
+
+
 def make_train_step(config, task, model, tx, mesh):
   """Returns jit(state, batch) -> (state, metrics), batch sharded on 'data'.
 
   `batch` holds uint8 `image` and `label` (pretext on device) or the host-made
-  `inputs`/`targets`. Metrics are global means; `finite` is False when the loss
-  was NaN/inf, in which case the returned state is the input state unchanged.
+  `inputs`/`targets`. Metrics are global means; `finite` is False when the loss or
+  any value of the updated state (params, batch_stats, opt_state) is NaN/inf, in
+  which case the returned state is the input state unchanged.
   """
-  pretext = task.make_pretext_fn(config, train=True)
   on_device = config.input.pretext_on_device
 
   def per_device(state, batch):
     pretext_rng, dropout_rng = step_rngs(jax.random.wrap_key_data(state['rng']),
                                          state['step'], jax.lax.axis_index(AXIS))
-    if on_device:
-      inputs, targets = pretext(pretext_rng, batch['image'], batch['label'])
-    else:
-      inputs, targets = batch['inputs'], batch['targets']
+    inputs, targets = _pretext_stage(task, batch, pretext_rng, True, on_device)
 
     def loss_fn(params):
       (outputs, _), mutated = model.apply(
-          {'params': params, 'batch_stats': state['batch_stats']}, inputs,
+          {'params': params, 'batch_stats': state['batch_stats']}, {task.name: inputs},
           train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-      per_example = task.metrics_fn(outputs, targets)
+      local, per_example = task.loss(outputs[task.name], targets, AXIS)
       # pmean inside the differentiated function: under shard_map the gradient
       # w.r.t. the replicated params is already summed over devices, so this
       # gives exactly the gradient of the global-batch mean loss.
-      loss = jax.lax.pmean(jnp.mean(per_example['loss']), AXIS)
+      loss = jax.lax.pmean(local, AXIS)
       return loss, (per_example, mutated.get('batch_stats', {}))
 
     (loss, (per_example, batch_stats)), grads = jax.value_and_grad(
@@ -117,7 +200,10 @@ def make_train_step(config, task, model, tx, mesh):
     batch_stats = jax.lax.pmean(batch_stats, AXIS)
     new = dict(params=params, batch_stats=batch_stats, opt_state=opt_state,
                step=state['step'] + 1, rng=state['rng'])
-    finite = jnp.isfinite(loss)
+    # The loss is computed with the weights before the update: a finite loss can
+    # come with a non-finite update. Checking the new state itself is what keeps
+    # every saved state finite.
+    finite = jnp.isfinite(loss) & all_finite((params, batch_stats, opt_state))
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = {k: jax.lax.pmean(jnp.mean(v), AXIS) for k, v in per_example.items()}
     metrics['loss'] = loss
@@ -133,21 +219,17 @@ def make_eval_step(config, task, model, mesh):
   """Returns jit(state, batch) -> dict of masked sums over source images (+ `count`).
 
   Per-example metrics are averaged over each image's copies (rotations,
-  permutations, pairs) and padding images (mask False) count zero.
+  permutations, pairs, views) and padding images (mask False) count zero.
   """
-  pretext = task.make_pretext_fn(config, train=False)
   on_device = config.input.pretext_on_device
 
   def per_device(state, batch):
     mask = batch['mask'].astype(jnp.float32)
-    if on_device:
-      inputs, targets = pretext(eval_rng(config.seed, jax.lax.axis_index(AXIS)),
-                                batch['image'], batch['label'])
-    else:
-      inputs, targets = batch['inputs'], batch['targets']
+    inputs, targets = _pretext_stage(
+        task, batch, eval_rng(config.seed, jax.lax.axis_index(AXIS)), False, on_device)
     outputs, _ = model.apply({'params': state['params'], 'batch_stats': state['batch_stats']},
-                             inputs, train=False)
-    per_example = task.metrics_fn(outputs, targets)
+                             {task.name: inputs}, train=False)
+    _, per_example = task.loss(outputs[task.name], targets, AXIS)
     b = mask.shape[0]
     sums = {k: jax.lax.psum(jnp.sum(v.reshape(b, -1).mean(axis=1) * mask), AXIS)
             for k, v in per_example.items()}
@@ -174,21 +256,17 @@ def make_bn_stats_step(config, task, model, mesh):
   old = 1: their difference is the layer's momentum m, and batch = new0 / (1 - m)
   (any momentum, any BN layer, no change to the models).
   """
-  pretext = task.make_pretext_fn(config, train=True)
   on_device = config.input.pretext_on_device
 
   def per_device(state, batch, step):
     pretext_rng, dropout_rng = step_rngs(jax.random.wrap_key_data(state['rng']), step,
                                          jax.lax.axis_index(AXIS))
-    if on_device:
-      inputs, _ = pretext(pretext_rng, batch['image'], batch['label'])
-    else:
-      inputs = batch['inputs']
+    inputs, _ = _pretext_stage(task, batch, pretext_rng, True, on_device)
 
     def updated(fill):
       old = jax.tree.map(lambda x: jnp.full_like(x, fill), state['batch_stats'])
-      _, mutated = model.apply({'params': state['params'], 'batch_stats': old}, inputs,
-                               train=True, mutable=['batch_stats'],
+      _, mutated = model.apply({'params': state['params'], 'batch_stats': old},
+                               {task.name: inputs}, train=True, mutable=['batch_stats'],
                                rngs={'dropout': dropout_rng})
       return mutated['batch_stats']
 
@@ -230,23 +308,23 @@ def make_host_pretext(config, task, train):
 
   Each chunk gets the key the device would have used, so both placements see the
   same per-device randomness (e.g. jigsaw's permutations shared per device).
+  Returns run(batch, step) -> dict(inputs, targets, mask) of host numpy arrays.
   """
-  pretext = jax.jit(task.make_pretext_fn(config, train=train), backend='cpu')
+  pretext = jax.jit(functools.partial(task.pretext, train=train), backend='cpu')
   num_local = jax.local_device_count()
   first = jax.process_index() * num_local
   base = jax.random.key(config.seed)
 
   def run(batch, step):
     chunks_in, chunks_tgt = [], []
-    images = np.array_split(batch['image'], num_local)
-    labels = np.array_split(batch['label'], num_local)
+    split = {k: np.array_split(np.asarray(v), num_local) for k, v in batch.items()}
     with jax.transfer_guard('allow'), jax.default_device(jax.devices('cpu')[0]):
       for i in range(num_local):
         if train:
           key = step_rngs(base, step, first + i)[0]
         else:
           key = eval_rng(config.seed, first + i)
-        inputs, targets = pretext(key, images[i], labels[i])
+        inputs, targets = pretext(key, {k: v[i] for k, v in split.items()})
         chunks_in.append(inputs)
         chunks_tgt.append(targets)
       cat = lambda *xs: np.concatenate([np.asarray(x) for x in xs])
@@ -260,14 +338,11 @@ def make_host_pretext(config, task, train):
 # ------------------------------------------------------------------ evaluation
 
 
-def evaluate(state, eval_step, batches, mesh, host_pretext=None):
-  """Mean of every metric over all (unpadded) source images of `batches`."""
+def evaluate(state, eval_step, batches):
+  """Mean of every metric over all (unpadded) source images of global `batches`."""
   totals = None
   for batch in batches:
-    if host_pretext is not None:
-      batch = host_pretext(batch, 0)
-    sums = eval_step(state, parallel.global_batch(mesh, batch))
-    sums = jax.device_get(sums)
+    sums = jax.device_get(eval_step(state, batch))
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
   if totals is None:
     raise ValueError('the evaluation split yielded no batch')
@@ -293,7 +368,7 @@ def train_and_evaluate(config, workdir, arrays=None):
   # --- Setup --------------------------------------------------------------------
   parallel.maybe_initialize_distributed(config)
   config_lib.validate(config)
-  task = tasks.get_task(config.task)
+  task = tasks.get_task(config.task, config)
   mesh = parallel.make_mesh()
   is_chief = jax.process_index() == 0
   if is_chief:
@@ -301,59 +376,45 @@ def train_and_evaluate(config, workdir, arrays=None):
   logging.info('devices: %d (%d local), processes: %d, backend: %s', jax.device_count(),
                jax.local_device_count(), jax.process_count(), jax.default_backend())
 
-  # --- Data ---------------------------------------------------------------------
-  if config.data.source in ('in_memory', 'synthetic'):
-    from ssl_jax.data import inmemory  # pylint: disable=g-import-not-at-top
-    if arrays is None and config.data.source == 'synthetic':
-      arrays = inmemory.synthetic_arrays(
-          config.data.synthetic_examples, config.eval_batch_size, config.data.image_size,
-          config.data.num_classes, config.seed)
-    elif arrays is None:
-      import input_pipeline  # pylint: disable=g-import-not-at-top
-      arrays = {s: input_pipeline.load_arrays(config, s) for s in ('train', 'val')}
-    train_source = inmemory.InMemoryTrain(
-        mesh, *arrays['train'], config.batch_size, config.seed,
-        config.input.in_memory_augmentation, config.data.image_size)
-    num_train = train_source.num_examples
-    image_shape = arrays['train'][0].shape[1:]
-    # On a multi-host run each host evaluates its own share of the held-out split.
-    val_images, val_labels = arrays['val']
-    per = math.ceil(len(val_labels) / jax.process_count())
-    val_slice = slice(jax.process_index() * per, (jax.process_index() + 1) * per)
-    make_val = lambda: inmemory.eval_batches(
-        val_images[val_slice], val_labels[val_slice],
-        config.eval_batch_size // jax.process_count(), config.max_eval_batches)
-  else:
-    import input_pipeline  # pylint: disable=g-import-not-at-top
-    sizes = input_pipeline.check_dataset(config)
-    num_train = sizes['train']
-    train_source = None
-    make_val = lambda: itertools.islice(
-        input_pipeline.get_dataset(config, 'val', train=False,
-                                   batch_size=config.eval_batch_size),
-        config.max_eval_batches if config.max_eval_batches > 0 else None)
-    image_shape = None
+  # --- Data: the source and the placement of the pretext stage, chosen once -------
+  source = sources.make_source(config, arrays, splits=('train', 'val'))
+  if isinstance(source, sources.TfdsSource):
+    source.check()  # Missing dataset or split: one clear error, before any compile.
+  num_train = source.num_examples('train')
   steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0
                      else max(num_train // config.batch_size, 1))
   total_steps = (config.total_steps if config.total_steps > 0
                  else int(math.ceil(config.num_epochs * steps_per_epoch)))
-  logging.info('train examples %d, steps/epoch %d, total steps %d',
+  logging.info('%s source: %d train examples, steps/epoch %d, total steps %d', source.name,
                num_train, steps_per_epoch, total_steps)
+  host_train = host_eval = None
+  if not config.input.pretext_on_device:
+    host_train = make_host_pretext(config, task, train=True)
+    host_eval = make_host_pretext(config, task, train=False)
+
+  def val_batches():
+    batches = source.eval_batches('val', config.eval_batch_size)
+    if config.max_eval_batches > 0:
+      batches = itertools.islice(batches, config.max_eval_batches)
+    for batch in batches:
+      yield parallel.global_batch(mesh, batch if host_eval is None else host_eval(batch, 0))
 
   # --- Model, optimizer, state --------------------------------------------------
-  model = task.make_model(config)
+  model = make_model(config, task)
   schedule = optim.learning_rate_schedule(config.optimizer, config.batch_size,
                                           steps_per_epoch, total_steps)
-  tx_fn = lambda params: optim.make_optimizer(
-      config.optimizer, params, schedule, getattr(task, 'HEAD_WEIGHT_DECAY', None))
-  if image_shape is None:  # the pipeline's output size, from one eval batch
-    first = next(iter(input_pipeline.get_dataset(
-        config, 'val', train=False, batch_size=config.eval_batch_size)))
-    image_shape = first['image'].shape[1:]
+  overrides = optim.task_overrides(task.name, task.weight_decay)
+  tx_fn = lambda params: optim.make_optimizer(config.optimizer, params, schedule, overrides)
+  image_shape = source.image_shape(train=False)
   state, tx = init_state(config, task, model, mesh, image_shape, tx_fn)
-  num_params = sum(x.size for x in jax.tree.leaves(state['params']))
-  logging.info('model %s k=%d: %.2fM parameters', config.model.name, config.model.width,
-               num_params / 1e6)
+  num_params = {k: sum(x.size for x in jax.tree.leaves(v))
+                for k, v in state['params'].items()}
+  logging.info('task %s, model %s k=%d: trunk %.2fM parameters, heads %.2fM', task.name,
+               config.model.name, config.model.width, num_params['trunk'] / 1e6,
+               num_params.get('heads', 0) / 1e6)
+  trunk_inputs = jax.eval_shape(
+      lambda: task.pretext(jax.random.key(0), dummy_batch(image_shape, 1),
+                           train=True)[0]['image']).shape[1]
 
   # --- Checkpoints: resume --------------------------------------------------------
   manager = checkpoint.make_manager(workdir, config.max_to_keep)
@@ -363,20 +424,9 @@ def train_and_evaluate(config, workdir, arrays=None):
   start_step = int(jax.device_get(state['step']))
   if start_step:
     logging.info('resumed from step %d', start_step)
-
-  host_pretext = eval_host_pretext = None
-  if not config.input.pretext_on_device:  # tfds only (config_lib.validate)
-    host_pretext = make_host_pretext(config, task, train=True)
-    eval_host_pretext = make_host_pretext(config, task, train=False)
-  _host = (lambda b, s: b) if host_pretext is None else host_pretext
-  if train_source is None:
-    # A resumed run reshuffles from a new seed rather than replaying the start.
-    data_config = config.copy_and_resolve_references()
-    data_config.seed = config.seed + start_step
-    train_iter = iter(input_pipeline.get_dataset(data_config, 'train', train=True))
-    next_batch = lambda step: parallel.global_batch(mesh, _host(next(train_iter), step))
-  else:
-    next_batch = lambda step: _host(train_source.batch(step), step)
+  train_batches = source.device_train_batches(
+      'train', config.batch_size, seed=config.seed, start_step=start_step, mesh=mesh,
+      host_fn=host_train)
 
   train_step = make_train_step(config, task, model, tx, mesh)
   eval_step = make_eval_step(config, task, model, mesh)
@@ -394,15 +444,14 @@ def train_and_evaluate(config, workdir, arrays=None):
 
   def run_eval(step):
     with report.timed('eval'):
-      result = evaluate(state, eval_step, make_val(), mesh, eval_host_pretext)
+      result = evaluate(state, eval_step, val_batches())
       scalars = {f'val_{k}': v for k, v in result.items()}
       if bn_stats_step is not None:
         # val_* with the re-estimated statistics, val_ema_* with the moving
         # averages (what the checkpoint holds and the study evaluated with).
         ema = result
         stats = precise_batch_stats(state, bn_stats_step, list(recent))
-        result = evaluate(dict(state, batch_stats=stats), eval_step, make_val(), mesh,
-                          eval_host_pretext)
+        result = evaluate(dict(state, batch_stats=stats), eval_step, val_batches())
         scalars = {f'val_{k}': v for k, v in result.items()}
         scalars.update({f'val_ema_{k}': v for k, v in ema.items() if k != 'num_examples'})
         result = dict(result, ema=ema)
@@ -414,8 +463,8 @@ def train_and_evaluate(config, workdir, arrays=None):
     for s, m in pending:
       if not bool(jax.device_get(m['finite'])):
         raise NonFiniteLossError(
-            f'non-finite loss at step {s}; training stopped, the last checkpoint '
-            f'(step <= {s - 1}) is kept and the state was not updated.')
+            f'non-finite loss or state at step {s}; training stopped, the state was not '
+            f'updated and the last checkpoint (step <= {s - 1}) is kept.')
 
   # --- Train loop ------------------------------------------------------------------
   pending, last_eval, history = [], {}, []
@@ -427,7 +476,7 @@ def train_and_evaluate(config, workdir, arrays=None):
       # (a stray numpy array or Python scalar) fails loudly instead of stalling.
       with jax.transfer_guard('disallow'), jax.profiler.StepTraceAnnotation(
           'train', step_num=step):
-        batch = next_batch(step - 1)
+        batch = next(train_batches)
         state, metrics = train_step(state, batch)
       if bn_stats_step is not None:
         recent.append((step - 1, batch))   # the step count the train step saw
@@ -443,15 +492,14 @@ def train_and_evaluate(config, workdir, arrays=None):
         dt = time.time() - t0
         means['learning_rate'] = float(schedule(step - 1))
         means['images_per_sec'] = images_since / dt
-        means['examples_per_sec'] = images_since * task.copies(config, True) / dt
+        means['trunk_inputs_per_sec'] = images_since * trunk_inputs / dt
         means = {f'train_{k}': v for k, v in means.items()}
         writer.write_scalars(step, means)
         history.append(dict(means, step=step))
         pending, t0, images_since = [], time.time(), 0
       if step % config.checkpoint_every_steps == 0 or step == total_steps:
         check_finite(pending)
-        checkpoint.save(manager, step, state, {'task': config.task, 'step': step,
-                                               'model': config.model.to_dict()})
+        checkpoint.save(manager, step, state, checkpoint.meta(config, step))
       if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0
           ) or step == total_steps:
         last_eval = run_eval(step)
@@ -461,4 +509,3 @@ def train_and_evaluate(config, workdir, arrays=None):
     manager.close()
     writer.flush()
   return {'step': step, 'val': last_eval, 'train_history': history}
-

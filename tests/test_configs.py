@@ -4,8 +4,9 @@ import importlib
 import pytest
 
 from ssl_jax import config_lib
+from ssl_jax import tasks
 
-PRETEXT = ('rotation', 'supervised', 'jigsaw', 'relative_patch_location')
+PRETEXT = tuple(tasks.names())
 
 
 @pytest.mark.parametrize('name', PRETEXT)
@@ -14,6 +15,8 @@ def test_every_pretext_preset_validates(name):
   for preset in module.PRESETS:
     c = module.get_config(preset)
     assert c.task == name
+    # Task settings live in the task's own section only (no top-level task keys).
+    assert set(c.tasks) == {name}
     config_lib.validate(c, num_devices=8)
     if c.linear_eval_preset:  # the linear-evaluation phase it would run exists
       le = importlib.import_module('configs.linear_eval')
@@ -45,3 +48,12 @@ def test_study_settings_of_the_imagenet_presets():
   jig = importlib.import_module('configs.jigsaw').get_config('imagenet')
   assert (jig.model.name, jig.model.width, jig.batch_size) == ('resnet50_v1', 8, 128)
   assert jig.model.patch_strides
+  assert (jig.tasks.jigsaw.patch_size, jig.tasks.jigsaw.jitter) == (64, 21)
+  ex = importlib.import_module('configs.exemplar').get_config('imagenet')
+  assert (ex.model.name, ex.model.width, ex.batch_size, ex.num_epochs) == (
+      'resnet50_v1', 12, 64, 35.0)
+  assert (ex.tasks.exemplar.num_copies, ex.tasks.exemplar.margin) == (8, 0.5)
+  sim = importlib.import_module('configs.simclr').get_config('imagenet')
+  assert (sim.batch_size, sim.num_epochs, sim.tasks.simclr.temperature) == (4096, 100.0, 0.1)
+  assert sim.optimizer.name == 'lars' and sim.model.cross_device_bn
+  assert importlib.import_module('configs.simclr').get_config('cifar10').tasks.simclr.temperature == 0.5

@@ -78,17 +78,21 @@ def test_geometry_mismatch_is_an_error():
                          grid=3, jitter=21, train=False, patch_size=64)
 
 
-@pytest.mark.parametrize('module', [jigsaw_config, rpl_config])
+@pytest.mark.parametrize('module,name', [(jigsaw_config, 'jigsaw'),
+                                         (rpl_config, 'relative_patch_location')])
 @pytest.mark.parametrize('preset', jigsaw_config.PRESETS)
-def test_preset_geometry_is_consistent(module, preset):
+def test_preset_geometry_is_consistent(module, name, preset):
+  from ssl_jax.data import ops  # pylint: disable=g-import-not-at-top
   c = module.get_config(preset)
-  patches.validate_config(c)
-  for pp in (c.input.pp_train, c.input.pp_eval):
-    size = patches.crop_size(pp)
-    assert patches.geometry(size, 3, c.patches.jitter)[1] == c.patches.patch_size
+  patches.validate_settings(c, name)
+  s = c.tasks[name]
+  size = c.data.image_size
+  for pp, train in ((c.input.pp_train, True), (c.input.pp_eval, False)):
+    out = ops.output_shape(pp, (size, size, 3), train=train)[0]
+    assert patches.geometry(out, 3, s.jitter)[1] == s.patch_size
   c.input.pp_eval = c.input.pp_eval.replace('crop(', 'crop(1')
   with pytest.raises(ValueError, match='pp_eval'):
-    patches.validate_config(c)
+    patches.validate_settings(c, name)
 
 
 def test_unknown_preset():

@@ -1,12 +1,14 @@
 """Pooling of endpoints to <= ~9000 dims: the study's VALID rule, adaptive, patches."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from ssl_jax import models
 from ssl_jax.evaluation import features
 from ssl_jax.evaluation import pooling
+from ssl_jax.tasks import patches
 
 
 def _endpoint_shapes(name, size, width=4, **kwargs):
@@ -140,15 +142,15 @@ def test_combine_patches_numpy_reference():
 def test_patch_model_features_average_of_per_patch_pooled_features():
   """Patch models: 3x3 exact cells, each standardised, through the trunk, pooled per
   patch, averaged over the 9 patches, against a numpy reference built patch by patch."""
-  model = models.create_model('resnet50_v1', num_classes=8, width=1, patch_strides=True,
-                              small_input=True)
+  model = models.create_model('tiny_cnn', num_classes=0, width=2, patch_strides=True)
   variables = model.init(jax.random.key(0, impl='unsafe_rbg'),
                          jnp.zeros((1, 12, 12, 3)), train=False)
   rng = np.random.RandomState(4)
   images = rng.randint(0, 256, (2, 36, 36, 3)).astype(np.uint8)
-  names = ['block1', 'block4', 'pre_logits']
+  names = ['after_root', 'block2', 'pre_logits']
+  settings = ml_collections.ConfigDict(dict(grid=3, patch_size=12))
   fn = jax.jit(features.make_extract_fn(model, names, pool_mode='max', target_dims=200,
-                                        patch_grid=3))
+                                        eval_input=patches.eval_input(settings)))
   got = jax.device_get(fn(variables, jnp.asarray(images)))
   apply = jax.jit(lambda x: model.apply(variables, x, train=False)[1])
   for b in range(2):

@@ -374,3 +374,136 @@ def test_float_output_rejected():
       _run('_test_float', _rand_image(4, 4))
   finally:
     del preprocess.OPS['_test_float']
+
+
+# --- SimCLR ops, views, the shared language ----------------------------------
+
+
+def _op_seed(seed):
+  """The seed the first op of a pipeline gets from the example seed."""
+  return tf.random.experimental.stateless_split(
+      tf.constant(seed, tf.int64), 2)[0]
+
+
+def test_to_gray_luma_is_tf_rgb_to_grayscale_rounded():
+  img = _rand_image(13, 17, seed=6)
+  out = _run("to_gray(weights='luma')", img)
+  ref = tf.image.rgb_to_grayscale(img / 255.0).numpy() * 255.0
+  _assert_rounds_to(out[..., :1], ref)
+  assert (out == out[..., :1]).all()
+
+
+def test_color_distort_matches_simclr_tf_image_reference():
+  # SimCLR's colour jitter from tf.image ops, fed the op's own draws: factor
+  # ranges [1 - 0.8 s, 1 + 0.8 s], hue delta [-0.2 s, 0.2 s], random order,
+  # clip after each op.
+  img = _rand_image(16, 16, seed=7)
+  seen_orders, applied = set(), 0
+  for i in range(12):
+    seed = (3, i)
+    out = _run('color_distort(0.5, p=0.8)', img, seed=seed)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(
+        _op_seed(seed), 6))
+    u = lambda s, lo, hi: tf.random.stateless_uniform([], s, lo, hi)
+    if u(seeds[0], 0.0, 1.0) >= 0.8:
+      np.testing.assert_array_equal(out, img)
+      continue
+    applied += 1
+    params = [u(seeds[1], 0.6, 1.4), u(seeds[2], 0.6, 1.4),
+              u(seeds[3], 0.6, 1.4), u(seeds[4], -0.1, 0.1)]
+    order = np.argsort(tf.random.stateless_uniform([4], seeds[5]).numpy())
+    seen_orders.add(tuple(order))
+    x = tf.constant(img / 255.0, tf.float32)
+    steps = [lambda y: y * params[0],
+             lambda y: tf.image.adjust_contrast(y, params[1]),
+             lambda y: tf.image.adjust_saturation(y, params[2]),
+             lambda y: tf.image.adjust_hue(y, params[3])]
+    for j in order:
+      x = tf.clip_by_value(steps[j](x), 0.0, 1.0)
+    _assert_rounds_to(out, x.numpy().astype(np.float64) * 255)
+  assert applied >= 6 and len(seen_orders) >= 4
+
+
+def test_gaussian_blur_matches_scipy_with_the_ops_sigma():
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  img = _rand_image(30, 40, seed=8)
+  blurred = 0
+  for i in range(8):
+    seed = (4, i)
+    out = _run('gaussian_blur(p=0.5)', img, seed=seed)
+    s_apply, s_sigma = tf.unstack(tf.random.experimental.stateless_split(
+        _op_seed(seed), 2))
+    if tf.random.stateless_uniform([], s_apply).numpy() >= 0.5:
+      np.testing.assert_array_equal(out, img)
+      continue
+    blurred += 1
+    sigma = tf.random.stateless_uniform([], s_sigma, 0.1, 2.0).numpy()
+    x = np.arange(-1, 2)  # Height 30: kernel side 3, radius 1.
+    k = np.exp(-x ** 2 / (2.0 * sigma ** 2))
+    k /= k.sum()
+    ref = ndimage.correlate1d(img.astype(np.float64), k, axis=0,
+                              mode='constant')
+    ref = ndimage.correlate1d(ref, k, axis=1, mode='constant')
+    _assert_rounds_to(out, ref)
+  assert 0 < blurred < 8
+
+
+def test_size_preserving_ops_preserve_size():
+  img = _rand_image(20, 24)
+  for name in preprocess.SIZE_PRESERVING_OPS:
+    assert _run(name, img).shape == img.shape, name
+
+
+def test_views_run_the_ops_after_per_view_with_split_seeds():
+  img = _rand_image(12, 10, seed=9)
+  out = _run('views(3)|flip_lr|crop(6)', img, seed=(5, 6))
+  assert out.shape == (3, 6, 6, 3)
+  # The views op takes its seed from the chain and splits it per view; view
+  # i is the ops after it run alone with view seed i.
+  view_seeds = tf.random.experimental.stateless_split(_op_seed((5, 6)), 3)
+  post = preprocess.get_preprocess_fn('flip_lr|crop(6)')
+  for i in range(3):
+    ref = post({'image': tf.constant(img),
+                preprocess.SEED_KEY: view_seeds[i]})['image'].numpy()
+    np.testing.assert_array_equal(out[i], ref)
+  assert len({v.tobytes() for v in out}) > 1
+  # Ops before views run once: one gray decision for all copies.
+  outs = _run_seeds('to_gray(0.5)|views(4)|crop(8)', img, 30)
+  gray = (outs == outs[..., :1]).all((2, 3, 4))
+  assert (gray.all(1) | ~gray.any(1)).all() and 0 < gray[:, 0].sum() < 30
+  assert _run('views(1)', img).shape == (1, 12, 10, 3)
+
+
+def test_views_twice_and_bad_arguments_rejected_like_jax():
+  with pytest.raises(ValueError, match='views ops'):
+    preprocess.get_preprocess_fn('views(2)|views(2)')
+  with pytest.raises(ValueError, match="Bad arguments.*'gaussian_blur'"):
+    preprocess.get_preprocess_fn('gaussian_blur(p=2)')
+
+
+def test_datasets_batch_pad_and_load_views():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from input_pipeline import datasets  # pylint: disable=g-import-not-at-top
+  if not tfds.builder('cifar10').is_prepared():
+    pytest.skip('cifar10 is not prepared (run ../shared/data/prepare_tfds.py).')
+  config = common.get_config()
+  config.input.shuffle_buffer = 16
+  config.data.val_split = 'test[:10]'
+  spec = 'decode|to_gray(0.5)|views(3)|crop(28)|flip_lr'
+  batches = list(datasets.get_dataset(config, 'val', train=False,
+                                      batch_size=4, pp=spec))
+  assert len(batches) == 3
+  for b in batches:
+    assert b['image'].shape == (4, 3, 28, 28, 3)
+    assert b['image'].dtype == np.uint8
+  last = batches[-1]
+  assert last['mask'].tolist() == [True, True, False, False]
+  assert not last['image'][2:].any()  # Zero padding, views axis included.
+  train = next(datasets.get_dataset(config, 'val', train=True, batch_size=4,
+                                    pp=spec))
+  assert train['image'].shape == (4, 3, 28, 28, 3) and train['mask'].all()
+  images, labels = datasets.load_arrays(config, 'val', pp=spec)
+  assert images.shape == (10, 3, 28, 28, 3) and labels.shape == (10,)
+  np.testing.assert_array_equal(
+      images[:4], batches[0]['image'])  # The same eval seeds.

@@ -1,5 +1,6 @@
 """The training engine: data-parallel semantics, optimizer, NaN handling, resume."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,9 +24,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _tiny_config(**model):
   c = rotation_config.get_config('smoke')
-  c.model.name = 'resnet50_v2'
+  c.model.name = 'tiny_cnn'
   c.data.source = 'synthetic'
   c.data.image_size = 8
+  c.input.pp_train = 'decode|flip_lr'
+  c.input.pp_eval = 'decode'
   c.optimizer.warmup_epochs = 0.0
   c.optimizer.weight_decay = 1e-4
   for k, v in model.items():
@@ -37,8 +40,8 @@ class _Stepper:
   """One compiled train step on `devices`, reusable across batches of one shape."""
 
   def __init__(self, config, devices, image_shape):
-    self.task = tasks.get_task(config.task)
-    model = self.task.make_model(config)
+    self.task = tasks.get_task(config.task, config)
+    model = train.make_model(config, self.task)
     self.mesh = parallel.make_mesh(devices)
     tx_fn = lambda p: optim.make_optimizer(config.optimizer, p, optax.constant_schedule(0.5))
     self.state0, tx = train.init_state(config, self.task, model, self.mesh, image_shape, tx_fn)
@@ -98,23 +101,49 @@ def test_weight_decay_only_on_kernels_and_not_revnet_root():
   params = {'trunk': {'root_conv_nowd': {'kernel': np.ones(2)},
                       'conv': {'kernel': np.ones(2)},
                       'bn': {'scale': np.ones(2), 'bias': np.ones(2)}},
-            'head': {'Dense_0': {'kernel': np.ones(2), 'bias': np.ones(2)}}}
-  groups = optim.weight_decay_groups(params, 1e-4, {'head': 5e-4})
+            'heads': {'jigsaw': {'embedding': {'kernel': np.ones(2), 'bias': np.ones(2)},
+                                 'fc': {'fc1': {'kernel': np.ones(2), 'bias': np.ones(2)}}}}}
+  overrides = optim.task_overrides('jigsaw', {'fc': 5e-4})
+  groups = optim.weight_decay_groups(params, 1e-4, overrides)
   assert sorted(groups) == [1e-4, 5e-4]
   flat = lambda t: {k: bool(v) for k, v in
                     __import__('flax').traverse_util.flatten_dict(t, sep='/').items()}
-  assert [k for k, v in flat(groups[1e-4]).items() if v] == ['trunk/conv/kernel']
-  assert [k for k, v in flat(groups[5e-4]).items() if v] == ['head/Dense_0/kernel']
+  assert [k for k, v in flat(groups[1e-4]).items() if v] == [
+      'trunk/conv/kernel', 'heads/jigsaw/embedding/kernel']
+  assert [k for k, v in flat(groups[5e-4]).items() if v] == ['heads/jigsaw/fc/fc1/kernel']
   # Coupled L2: one plain-SGD step (lr 1, zero gradient) shrinks a kernel by wd * W.
   c = _tiny_config().optimizer
   c.momentum = 0.0
-  tx = optim.make_optimizer(c, params, optax.constant_schedule(1.0), {'head': 5e-4})
+  tx = optim.make_optimizer(c, params, optax.constant_schedule(1.0), overrides)
   zeros = jax.tree.map(np.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
   np.testing.assert_allclose(updates['trunk']['conv']['kernel'], -1e-4)
-  np.testing.assert_allclose(updates['head']['Dense_0']['kernel'], -5e-4)
+  np.testing.assert_allclose(updates['heads']['jigsaw']['fc']['fc1']['kernel'], -5e-4)
+  np.testing.assert_allclose(updates['heads']['jigsaw']['embedding']['kernel'], -1e-4)
+  np.testing.assert_allclose(updates['heads']['jigsaw']['fc']['fc1']['bias'], 0.0)
   np.testing.assert_allclose(updates['trunk']['root_conv_nowd']['kernel'], 0.0)
   np.testing.assert_allclose(updates['trunk']['bn']['scale'], 0.0)
+
+
+def test_lars_adapts_kernels_only_and_scales_learning_rate():
+  """LARS (SimCLR): a kernel's step is lr * eta * |w| / |g + wd w| times (g + wd w); BN
+  and bias parameters get plain momentum SGD without decay. sqrt scaling: base * sqrt(B)."""
+  c = _tiny_config().optimizer
+  c.name, c.momentum, c.weight_decay, c.trust_coefficient = 'lars', 0.0, 0.1, 1e-3
+  params = {'conv': {'kernel': np.full((2, 2), 3.0, np.float32)},
+            'bn': {'scale': np.full((2,), 3.0, np.float32)}}
+  grads = {'conv': {'kernel': np.full((2, 2), 0.5, np.float32)},
+           'bn': {'scale': np.full((2,), 0.5, np.float32)}}
+  tx = optim.make_optimizer(c, params, optax.constant_schedule(2.0))
+  updates, _ = tx.update(grads, tx.init(params), params)
+  g = 0.5 + 0.1 * 3.0
+  trust = 1e-3 * np.linalg.norm(params['conv']['kernel']) / np.linalg.norm(np.full((2, 2), g))
+  np.testing.assert_allclose(updates['conv']['kernel'], -2.0 * trust * g, rtol=1e-5)
+  np.testing.assert_allclose(updates['bn']['scale'], -2.0 * 0.5, rtol=1e-6)
+  c.lr_scaling, c.base_lr = 'sqrt', 0.075
+  np.testing.assert_allclose(optim.peak_learning_rate(c, 4096), 0.075 * 64, rtol=1e-6)
+  c.lr_scaling, c.base_lr = 'linear', 0.3
+  np.testing.assert_allclose(optim.peak_learning_rate(c, 4096), 4.8, rtol=1e-6)
 
 
 def test_step_schedule_warmup_and_decays():
@@ -165,26 +194,30 @@ def test_few_steps_lower_the_loss_and_nan_stops_with_last_checkpoint(tmp_path):
   c.checkpoint_every_steps = 30
   c.eval_every_steps = -1
   c.optimizer.base_lr = 0.4
-  c.input.in_memory_augmentation = 'none'
+  c.input.pp_train = 'decode'
   # 32 random images, all in every batch: the rotation loss on them must drop.
   out = train.train_and_evaluate(c.copy_and_resolve_references(), str(tmp_path / 'a'))
   losses = [m['train_loss'] for m in out['train_history']]
   assert out['step'] == 30 and len(losses) == 6
   assert losses[-1] < losses[0] - 0.1, losses
 
-  # A huge learning rate makes the loss non-finite: the run stops naming the step
+  # A huge learning rate makes the state non-finite: the run stops naming the step
   # and the checkpoints written before stay valid (and finite).
   # Warm-up from lr 0: step 1 changes nothing, step 2 (lr 5e29) blows the weights
-  # up, so the loss of step 3 is the first non-finite one.
+  # up; the first step whose updated state holds an inf/NaN stops the run (the
+  # loss, computed before the update, can still be finite then).
   c.optimizer.base_lr = 1e30
   c.optimizer.warmup_epochs, c.steps_per_epoch = 1.0, 2
   c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 12, 1, 1
-  with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step 3'):
+  with pytest.raises(train.NonFiniteLossError, match='non-finite loss or state at step') as e:
     train.train_and_evaluate(c, str(tmp_path / 'd'))
+  bad = int(re.search(r'at step (\d+)', str(e.value)).group(1))
+  assert bad >= 2
   with checkpoint.make_manager(str(tmp_path / 'd')) as manager:
-    assert manager.latest_step() == 2
-  _, params, _ = checkpoint.restore_trunk(str(tmp_path / 'd'))
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    assert manager.latest_step() == bad - 1
+  state = checkpoint.restore_numpy(str(tmp_path / 'd' / 'checkpoints' / str(bad - 1) / 'state'))
+  floats = [x for x in jax.tree.leaves(state) if np.issubdtype(np.asarray(x).dtype, np.floating)]
+  assert floats and all(np.isfinite(x).all() for x in floats)
 
 
 def _main_cmd(workdir, steps):
@@ -229,16 +262,15 @@ def test_host_and_device_pretext_placements_agree():
   from configs import jigsaw as jigsaw_config  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
   c = jigsaw_config.get_config('smoke')
-  task = tasks.get_task('jigsaw')
+  task = tasks.get_task('jigsaw', c)
   images = np.random.RandomState(1).randint(0, 256, (16, 48, 48, 3)).astype(np.uint8)
   labels = np.zeros(16, np.int32)
   mesh = parallel.make_mesh()
-  pretext = task.make_pretext_fn(c, train=True)
   base = jax.random.key(c.seed)
 
   def per_device(x, y):
     rng, _ = train.step_rngs(base, 5, jax.lax.axis_index(parallel.AXIS))
-    return pretext(rng, x, y)
+    return task.pretext(rng, {'image': x, 'label': y}, train=True)
 
   on_device = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P('data'), P('data')),
                                     out_specs=P('data')))(images, labels)
@@ -253,12 +285,13 @@ def test_host_and_device_pretext_placements_agree():
 
 
 class _TwoBN:
-  """A stand-in task/model pair whose BN inputs numpy can recompute exactly."""
+  """A stand-in task whose BN inputs numpy can recompute exactly."""
+  name = 'two_bn'
 
   @staticmethod
-  def make_pretext_fn(config, train):
-    del config, train
-    return lambda rng, images, labels: (images.astype(np.float32) / 255.0, labels)
+  def pretext(rng, batch, *, train):
+    del rng, train
+    return {'image': batch['image'].astype(np.float32) / 255.0}, batch['label']
 
 
 def test_precise_bn_statistics_match_numpy_over_devices_and_batches():
@@ -267,7 +300,8 @@ def test_precise_bn_statistics_match_numpy_over_devices_and_batches():
   class Model(nn.Module):  # two BN layers with different momenta, as trunk + head
 
     @nn.compact
-    def __call__(self, x, train):
+    def __call__(self, inputs, train):
+      x = inputs['two_bn']['image']
       h = nn.Dense(5, name='d1')(x.reshape(x.shape[0], -1))
       h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                        name='bn1')(h)
@@ -279,7 +313,8 @@ def test_precise_bn_statistics_match_numpy_over_devices_and_batches():
   c = _tiny_config()
   model, mesh = Model(), parallel.make_mesh()
   batches = np.random.RandomState(1).randint(0, 256, (3, 32, 2, 2, 3)).astype(np.uint8)
-  variables = model.init(jax.random.key(0), batches[0] / 255.0, train=False)
+  variables = model.init(jax.random.key(0), {'two_bn': {'image': batches[0] / 255.0}},
+                         train=False)
   # Moving averages far from the truth: the result must not depend on them.
   variables['batch_stats'] = jax.tree.map(lambda x: x + 7.0, variables['batch_stats'])
   state = parallel.replicate(mesh, dict(params=variables['params'],

@@ -1,12 +1,13 @@
 """Pooled features of every endpoint of a frozen trunk, and their extraction into a cache.
 
 `make_extract_fn` builds the pure function the linear evaluation runs on every batch:
-uint8 images -> trunk input (full images: x/255 mapped to [-1, 1], the study's
-`-1_to_1`; patch models: a grid x grid array of exact cells, no jitter, each patch
-standardised, as the study's patch-model evaluation) -> trunk in inference mode
-(BatchNorm moving averages, `train=False`, no mutable collections, so nothing in the
-trunk can change) -> each endpoint pooled (`pooling.pool`), patch models: per patch,
-then combined over the patches (average by default).
+uint8 images -> trunk input, as the pretext task says (`tasks.EvalInput`: full images
+x/255 mapped to [-1, 1], the study's `-1_to_1`; patch models: a grid x grid array of
+exact cells, no jitter, each patch standardised, as the study's patch-model
+evaluation; colorization: the L channel) -> trunk in inference mode (BatchNorm moving
+averages, `train=False`, no mutable collections, so nothing in the trunk can change)
+-> each endpoint pooled (`pooling.pool`); with several trunk inputs per image (the 9
+patches), per input, then combined over them (average by default).
 
 `extract` runs it over batches (padding rows, mask False, are dropped) into host arrays.
 """
@@ -27,39 +28,27 @@ def to_minus_one_one(images):
   return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
 
 
-def eval_patches(images, grid=3):
-  """u8[B, S, S, 3] -> standardised f32[B * grid^2, S//grid, S//grid, 3], image-major.
-
-  The study's patch-model evaluation geometry: exact cells (jitter 0), patch index
-  row * grid + col, each patch standardised on its own (per_image_standardization).
-  """
-  from ssl_jax.tasks import patches  # pylint: disable=g-import-not-at-top
-  p = patches.make_patches(None, images, grid=grid, jitter=0, train=False)
-  return p.reshape((-1,) + p.shape[2:])
-
-
-def make_extract_fn(model, endpoints, *, pool_mode='max', target_dims=9000,
-                    patch_grid=None, patch_combine='avg', global_avg=False,
+def make_extract_fn(model, endpoints, *, eval_input=None, pool_mode='max',
+                    target_dims=9000, patch_combine='avg', global_avg=False,
                     out_dtype=jnp.float32):
   """A pure function (variables, u8 images [B,H,W,3]) -> {name: out_dtype[B, D]}.
 
   Args:
-    model: the trunk (flax.linen Module, `__call__(x, train) -> (logits, endpoints)`).
+    model: the trunk (flax.linen Module, `__call__(x, train) -> (output, endpoints)`).
     endpoints: endpoint names to return.
+    eval_input: the task's `tasks.EvalInput` (default: RGB in [-1, 1], one per image).
     pool_mode, target_dims: see `pooling`.
-    patch_grid: None for full-image models; else cells per side (3) of a patch model.
-    patch_combine: 'avg' (the study), 'max' or 'concat' over the patches.
+    patch_combine: 'avg' (the study), 'max' or 'concat' over the trunk inputs of one
+      image (eval_input.per_image > 1: the patches).
     global_avg: also return `<endpoint>_gavg`, the global average of 4-D endpoints.
     out_dtype: dtype of the returned features (bfloat16 halves a cache).
   """
   endpoints = tuple(endpoints)
+  to_input = eval_input.fn if eval_input is not None else to_minus_one_one
+  per_image = eval_input.per_image if eval_input is not None else 1
 
   def fn(variables, images):
-    if patch_grid:
-      x = eval_patches(images, patch_grid)
-    else:
-      x = to_minus_one_one(images)
-    _, eps = model.apply(variables, x, train=False)
+    _, eps = model.apply(variables, to_input(images), train=False)
     out = {}
     for name in endpoints:
       e = eps[name]
@@ -67,8 +56,8 @@ def make_extract_fn(model, endpoints, *, pool_mode='max', target_dims=9000,
       if global_avg and e.ndim == 4:
         feats[name + GAP_SUFFIX] = pooling.pool(e, 'global_avg')
       for k, f in feats.items():
-        if patch_grid:
-          f = pooling.combine_patches(f, patch_grid * patch_grid, patch_combine)
+        if per_image > 1:
+          f = pooling.combine_patches(f, per_image, patch_combine)
         out[k] = f.astype(out_dtype)
     return out
 

@@ -21,11 +21,20 @@ improved for `patience` epochs (a validation plateau); with schedule 'plateau' a
 (head, grid point) first has its lr multiplied by `decay_factor` (up to `max_decays`
 times). `select` then picks the grid point with the best validation top-1 per endpoint.
 
+Learning rate (train.lr_scaling):
+- 'batch' (the study's): lr = base_lr * batch / 256, whatever the features' scale. On
+  standardised D-dim features a step's curvature grows with D (about (lambda_max + D /
+  batch) / 2, see `lr_factors`): lr 0.1 with momentum 0.9 oscillates on 6,400 dims.
+- 'features' (cached, linear heads): lr = base_lr * `lr_factors` (2 / that curvature,
+  measured on the cached train features), so base_lr is dimensionless (<= 1: stable).
+
 Train config keys (a dict or ConfigDict; see configs/linear_eval.py `train`):
   head ('linear'|'mlp'), mlp_hidden, mlp_dropout, batch_size, epochs, base_lrs (tuple),
   weight_decays (tuple), momentum, nesterov, schedule ('step'|'cosine'|'constant'|
   'plateau'), decay_epochs, decay_factor, max_decays, eval_every, patience (epochs;
-  <= 0 disables early stopping), standardize (bool), seed.
+  <= 0 disables early stopping), standardize (bool), seed, eval_batch_size,
+  lr_scaling ('batch'|'features'); for the L-BFGS solver only (solvers.py): tol (max
+  |gradient| at convergence), precond_rank (its spectral preconditioner's rank).
 """
 import functools
 import itertools
@@ -43,7 +52,9 @@ DEFAULTS = dict(
     head='linear', mlp_hidden=1000, mlp_dropout=0.5, batch_size=512, epochs=100,
     base_lrs=(0.1,), weight_decays=(0.0,), momentum=0.9, nesterov=False,
     schedule='step', decay_epochs=(), decay_factor=0.1, max_decays=2, eval_every=1,
-    patience=-1, standardize=False, seed=0, eval_batch_size=1024)
+    patience=-1, standardize=False, seed=0, eval_batch_size=1024, lr_scaling='batch',
+    tol=1e-4, precond_rank=128)
+LR_SCALINGS = ('batch', 'features')
 
 
 def make_config(cfg=None, **overrides):
@@ -66,6 +77,15 @@ def make_config(cfg=None, **overrides):
                      "'step', 'cosine', 'constant', 'plateau'")
   if not out['base_lrs'] or not out['weight_decays']:
     raise ValueError('train.base_lrs and train.weight_decays must be non-empty')
+  if out['lr_scaling'] not in LR_SCALINGS:
+    raise ValueError(f"train.lr_scaling={out['lr_scaling']!r}; allowed: {list(LR_SCALINGS)}")
+  if out['lr_scaling'] == 'features' and out['head'] != 'linear':
+    raise ValueError("train.lr_scaling='features' is derived for linear heads; "
+                     f"train.head={out['head']!r} needs lr_scaling='batch'")
+  if not out['tol'] > 0:
+    raise ValueError(f"train.tol={out['tol']!r} must be > 0")
+  if int(out['precond_rank']) != out['precond_rank'] or out['precond_rank'] < 0:
+    raise ValueError(f"train.precond_rank={out['precond_rank']!r} must be an int >= 0")
   return out
 
 
@@ -380,6 +400,61 @@ def feature_stats(feats):
   return {n: _stats(v) for n, v in feats.items()}
 
 
+@functools.partial(jax.jit, static_argnames=('iters',))
+def _second_moment_spectrum(x, mean, inv_std, *, iters):
+  """(top eigenvalue, trace) of E[z z'] with z = [(x - mean) * inv_std, 1].
+
+  Power iteration from a fixed start; the Rayleigh quotient of its last iterate (a
+  lower bound that converges from below: the eigen-gap of such features is large).
+  """
+  n = x.shape[0]
+  x = x.astype(jnp.float32)
+
+  def apply(v):  # E[z z'] v in two reads of x; the standardisation folded into v.
+    w = v[:-1] * inv_std
+    u = jnp.einsum('nd,d->n', x, w) + (v[-1] - mean @ w)
+    xu = jnp.einsum('n,nd->d', u, x)
+    return jnp.concatenate([inv_std * (xu - mean * jnp.sum(u)), jnp.sum(u)[None]]) / n
+
+  v0 = jnp.ones((x.shape[1] + 1,), jnp.float32)
+  v0 = v0 / jnp.linalg.norm(v0)
+  v = jax.lax.fori_loop(0, iters, lambda _, v: (lambda a: a / jnp.linalg.norm(a))(apply(v)),
+                        v0)
+  var = jnp.mean(jnp.square(x - mean), 0)
+  return jnp.vdot(v, apply(v)), jnp.sum(var * inv_std * inv_std) + 1.0
+
+
+def lr_factors(feats, stats, batch_size, iters=30):
+  """{endpoint: lr per unit of base lr} for train.lr_scaling='features'.
+
+  A linear softmax head's loss on a batch of B examples has curvature at most
+  lambda_max(Z_B' Z_B / B) / 2 (the softmax Jacobian's norm is <= 1/2), Z_B the features
+  it sees (standardised, with a 1 for the bias); for B random rows that is about
+  (lambda_max(S) + tr(S) / B) / 2 with S = E[z z'] on the train set. The lr is base_lr
+  over that estimate: base_lr = 1 steps to the minimum of the batch's quadratic model
+  along its steepest direction; the momentum's 1 / (1 - momentum) amplification stays
+  within the heavy-ball stability bound 2 (1 + momentum) for base_lr < 2. Standardised
+  6,400-dim features have tr(S) = 6,401, so the study's lr 0.1 x B/256 (momentum 0.9) is
+  hundreds of times that bound: the oscillating losses of issue reports.
+
+  Args:
+    feats: {endpoint: [N, D]} cached train features; stats: `feature_stats` or None.
+    batch_size: B.
+    iters: power iterations.
+  Returns:
+    ({endpoint: float factor}, {endpoint: (lambda_max, trace)}).
+  """
+  factors, spectra = {}, {}
+  for name, x in feats.items():
+    d = x.shape[1]
+    mean, inv_std = stats[name] if stats is not None else (jnp.zeros((d,)), jnp.ones((d,)))
+    lam, tr = (float(v) for v in jax.device_get(
+        _second_moment_spectrum(x, mean, inv_std, iters=iters)))
+    spectra[name] = (lam, tr)
+    factors[name] = 2.0 / (lam + tr / batch_size)
+  return factors, spectra
+
+
 @functools.partial(jax.jit, static_argnames=('cfg_items', 'num_epochs', 'n', 'views'),
                    donate_argnums=(0, 1))
 def _run_epochs(params, opt_state, feats, labels, lr0, lr_scale, wd, stats, rng,
@@ -456,6 +531,11 @@ def train_cached(train_feats, train_labels, val_feats, val_labels, *, num_classe
   opt_state = {k: _tx(cfg).init(v) for k, v in params.items()}
   lr0, wd = hyper_arrays(names, cfg, cfg['batch_size'])
   stats = feature_stats(train_feats) if cfg['standardize'] else None
+  spectra = None
+  if cfg['lr_scaling'] == 'features':
+    factors, spectra = lr_factors(train_feats, stats, cfg['batch_size'])
+    base = jnp.asarray([b for b, _ in grid(cfg)], jnp.float32)
+    lr0 = {n: base * factors[n] for n in names}
   sel = _selection_init(jax.device_get(params))
   stopper = _Stopper(names, len(grid(cfg)), cfg)
   cfg_items = tuple(sorted((k, v) for k, v in cfg.items()))
@@ -485,7 +565,7 @@ def train_cached(train_feats, train_labels, val_feats, val_labels, *, num_classe
   seconds = time.perf_counter() - t0
   return {'selected': select(sel, cfg), 'epochs_trained': epoch, 'stopped_early': stopped,
           'seconds': seconds, 'seconds_per_epoch': seconds / max(epoch, 1),
-          'chunk_seconds': chunks,
+          'chunk_seconds': chunks, 'lr': jax.device_get(lr0), 'spectra': spectra,
           'stats': stats, 'history': history, 'config': cfg}
 
 
@@ -510,6 +590,9 @@ def make_faithful_step(extract_fn, dims, num_classes, cfg, steps_per_epoch):
     mask) as device arrays; lr_scale {endpoint: f32[G]} (1 = the schedule's lr).
   """
   cfg = make_config(cfg)
+  if cfg['lr_scaling'] != 'batch':
+    raise ValueError(f"train.lr_scaling={cfg['lr_scaling']!r} needs cached features; the "
+                     "faithful mode uses the study's lr_scaling='batch'")
   names = sorted(dims)
   params = init_heads(cfg['seed'], dims, num_classes, cfg)
   opt_state = {k: _tx(cfg).init(v) for k, v in params.items()}

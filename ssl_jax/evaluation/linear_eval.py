@@ -16,6 +16,7 @@ whole evaluation on numpy arrays without it.
 """
 import json
 import logging
+import math
 import os
 import time
 
@@ -27,11 +28,10 @@ from ssl_jax.evaluation import features
 from ssl_jax.evaluation import knn
 from ssl_jax.evaluation import linear
 from ssl_jax.evaluation import lowshot
+from ssl_jax.data import sources
 from ssl_jax.evaluation import pooling
 from ssl_jax.evaluation import solvers
-from ssl_jax.evaluation import sources
 
-PATCH_TASKS = ('jigsaw', 'relative_patch_location')
 MODES = ('cached', 'faithful')
 SOLVERS = ('sgd', 'lbfgs', 'ridge')
 SPLITS = ('train', 'val', 'test')
@@ -86,67 +86,79 @@ def _names(spec, available):
 # ----------------------------------------------------------------------------- trunk
 
 
-def _num_classes(params):
-  if 'logits' in params and 'bias' in params['logits']:
-    return int(np.shape(params['logits']['bias'])[0])
-  raise ValueError('trunk params have no logits layer (params["logits"]["bias"])')
+def eval_input_of(pretext_config):
+  """The EvalInput of the task a pretext config trained (the task says what it takes).
+
+  Layout-1 workdirs (written before the task contract) keep their settings at the
+  top level: the patch tasks' geometry in config.patches.
+  """
+  from ssl_jax import tasks  # pylint: disable=g-import-not-at-top
+  from ssl_jax.tasks import patches  # pylint: disable=g-import-not-at-top
+  if 'tasks' not in pretext_config:
+    if 'patches' in pretext_config:
+      return patches.eval_input(pretext_config.patches)
+    return tasks.EvalInput('rgb', features.to_minus_one_one)
+  return tasks.get_task(pretext_config.task, pretext_config).eval_input
 
 
-def load_trunk(config, image_shape=None):
-  """The frozen trunk: dict(model, variables, model_config, task, patch_size, name).
+def load_trunk(config, image_shape=None, eval_input=None):
+  """The frozen trunk: dict(model, variables, model_config, task, eval_input, name, endpoints).
 
   Args:
     config: the linear-eval config (pretrained, checkpoint_step, eval.trunk_dtype;
       model when pretrained == '').
-    image_shape: (H, W, 3) of the eval crops; needed only for a random trunk.
+    image_shape: (H, W, 3) of the eval images; needed only for a random trunk.
+    eval_input: the random trunk's input (default: RGB in [-1, 1]).
+  Raises:
+    FileNotFoundError naming a missing workdir or checkpoint.
   """
   from ssl_jax import models  # pylint: disable=g-import-not-at-top
+  from ssl_jax import tasks  # pylint: disable=g-import-not-at-top
   if config.pretrained:
     from ssl_jax import checkpoint  # pylint: disable=g-import-not-at-top
     step = None if config.checkpoint_step < 0 else config.checkpoint_step
     pretext, params, stats = checkpoint.restore_trunk(config.pretrained, step=step)
     m, task = pretext.model, pretext.task
-    patch_size = pretext.patches.patch_size if task in PATCH_TASKS else None
-    num_classes = _num_classes(params)
+    eval_input = eval_input_of(pretext)
   else:
-    m, task, patch_size, params, stats = config.model, 'random_init', None, None, None
-    num_classes = config.data.num_classes
+    m, task, params, stats = config.model, 'random_init', None, None
+    eval_input = eval_input or tasks.EvalInput('rgb', features.to_minus_one_one)
   model = models.create_model(
-      m.name, num_classes=num_classes, width=m.width,
+      m.name, num_classes=0, width=m.width,
       dtype=config.eval.trunk_dtype or m.dtype, patch_strides=m.patch_strides,
       small_input=m.small_input, last_relu=m.last_relu, bn_axis_name=None)
   if params is None:
     if image_shape is None:
       raise ValueError('a random trunk needs the image shape')
+    x = jax.eval_shape(eval_input.fn, jax.ShapeDtypeStruct((1,) + tuple(image_shape),
+                                                           jnp.uint8))
     # One compiled program: eager init would compile every initializer separately.
     init = jax.jit(lambda rng, x: model.init(rng, x, train=False))
     # 'unsafe_rbg' keys compile several times faster than threefry on a CPU; the
     # values of a random baseline trunk do not need threefry's guarantees.
     variables = init(jax.random.key(config.seed, impl='unsafe_rbg'),
-                     jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+                     jnp.zeros(x.shape, jnp.float32))
     variables = jax.tree.map(np.asarray, dict(variables))
   else:
     variables = {'params': params}
     if stats:
       variables['batch_stats'] = stats
   return {'model': model, 'variables': variables, 'model_config': m.to_dict(),
-          'task': task, 'patch_size': patch_size, 'name': m.name,
-          'endpoints': tuple(models.ENDPOINTS[m.name])}
+          'task': task, 'eval_input': eval_input, 'name': m.name,
+          'endpoints': tuple(models.trunk_endpoints(m.name))}
 
 
-def preprocessing(config, patch_size):
-  """(pp_train, pp_eval): patch models get the study's geometry scaled to patch_size."""
-  if patch_size:
-    crop = 3 * patch_size
-    resize = int(round(crop * 224 / 192))  # The study: 224 -> 192 = 3 x 64.
-    pp = f'decode|resize_small({resize})|crop({crop})'
-    return pp, pp
+def preprocessing(config, eval_input=None):
+  """(pp_train, pp_eval): the task's evaluation geometry (patch models: the study's,
+  scaled to the patch size), else the config's, else the dataset's native size."""
+  if eval_input is not None and eval_input.pp:
+    return eval_input.pp, eval_input.pp
   default = f'decode|resize({config.data.image_size})'
   return config.input.pp_train or default, config.input.pp_eval or default
 
 
 def make_source(config, pp_train, pp_eval, arrays=None):
-  """A sources.* object for config.data (or the given arrays)."""
+  """A ssl_jax.data.sources object for config.data (or the given arrays)."""
   if arrays is None and config.data.source == 'synthetic':
     arrays = synthetic_arrays(config)
   if arrays is None and config.data.source == 'in_memory':
@@ -157,11 +169,24 @@ def make_source(config, pp_train, pp_eval, arrays=None):
     arrays = dict(arrays)
     if n_max > 0:
       arrays['train'] = tuple(a[:n_max] for a in arrays['train'])
-    return sources.ArraySource(arrays, pp_train, pp_eval)
+    return sources.ArraySource(arrays, pp_train, pp_eval, seed=config.seed)
   pcfg = config.copy_and_resolve_references()
   with pcfg.unlocked():
     pcfg.input.pp_train, pcfg.input.pp_eval = pp_train, pp_eval
   return sources.TfdsSource(pcfg)
+
+
+def view_batches(source, split, batch_size, seed):
+  """One augmented view of a split: ceil(N / batch) train-preprocessed batches.
+
+  Rows come shuffled (with their labels); the last batch is masked to N rows total.
+  """
+  n = source.num_examples(split)
+  it = source.train_batches(split, batch_size, seed=seed)
+  for s in range(math.ceil(n / batch_size)):
+    b = dict(next(it))
+    b['mask'] = b['mask'] & (s * batch_size + np.arange(len(b['mask'])) < n)
+    yield b
 
 
 def synthetic_arrays(config):
@@ -224,7 +249,7 @@ def trunk_and_source(config, arrays=None, trunk=None):
   """(trunk dict, source, (pp_train, pp_eval)); a random trunk is built at the crop size."""
   if trunk is None and config.pretrained:
     trunk = load_trunk(config)
-  pp = preprocessing(config, trunk['patch_size'] if trunk else None)
+  pp = preprocessing(config, trunk['eval_input'] if trunk else None)
   source = make_source(config, *pp, arrays=arrays)
   if trunk is None:
     trunk = load_trunk(config, image_shape=source.image_shape(train=False))
@@ -235,11 +260,11 @@ def evaluate(config, trunk, source, *, writer=None):
   """Trains/selects/scores every head; returns the results dict."""
   e = config.eval
   names = _names(e.endpoints, trunk['endpoints'])
-  patch_grid = 3 if trunk['patch_size'] else None
+  eval_input = trunk['eval_input']
   cache_dtype = jnp.bfloat16 if e.cache_dtype == 'bfloat16' else jnp.float32
   make_fn = lambda eps, dtype=cache_dtype, gavg=e.global_avg: features.make_extract_fn(
-      trunk['model'], eps, pool_mode=e.pool_mode, target_dims=e.target_dims,
-      patch_grid=patch_grid, patch_combine=e.patch_combine, global_avg=gavg,
+      trunk['model'], eps, eval_input=eval_input, pool_mode=e.pool_mode,
+      target_dims=e.target_dims, patch_combine=e.patch_combine, global_avg=gavg,
       out_dtype=dtype)
   variables = jax.device_put(trunk['variables'])
   image_shape = source.image_shape(train=False)
@@ -261,7 +286,7 @@ def evaluate(config, trunk, source, *, writer=None):
                  else 'arrays (data.*_split not applied)'),
       'num_examples': sizes, 'mode': e.mode, 'solver': e.solver,
       'pool_mode': e.pool_mode, 'target_dims': e.target_dims,
-      'patch_model': bool(patch_grid), 'image_shape': list(image_shape),
+      'trunk_input': eval_input.kind, 'image_shape': list(image_shape),
       'dims': dims, 'linear': {}, 'mlp': {}, 'knn': {}, 'lowshot': {}, 'timing': {},
       'device': f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind} '
                 f'x{jax.device_count()}',
@@ -341,8 +366,8 @@ def _cached(config, make_fn, group, variables, source, sizes, num_classes, resul
                                     sizes['train'], jit_fn)
   views_x, views_y = [train_x], [train_y]
   for v in range(1, e.views if linear_heads else 1):
-    batches = sources.view_batches(source, 'train', config.eval_batch_size,
-                                   seed=config.seed + 1000 * v)
+    batches = view_batches(source, 'train', config.eval_batch_size,
+                           seed=config.seed + 1000 * v)
     x, y = features.extract(fn, variables, batches, num_examples=sizes['train'],
                             jit_fn=jit_fn)
     views_x.append(x)
@@ -471,7 +496,7 @@ def _faithful(config, fn, variables, source, dims, sizes, num_classes, results, 
                      'faithful mode (the tf.data pipeline streams the whole split)')
   steps = max(sizes['train'] // cfg['batch_size'], 1)
   res = linear.train_faithful(
-      fn, variables, source.train_batches('train', cfg['batch_size'], config.seed),
+      fn, variables, source.train_batches('train', cfg['batch_size'], seed=config.seed),
       steps, lambda: source.eval_batches('val', config.eval_batch_size), dims=dims,
       num_classes=num_classes, cfg=cfg, log_fn=_log_fn(writer, 'linear'))
   scores, count = linear.score_faithful(

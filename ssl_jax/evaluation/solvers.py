@@ -1,13 +1,31 @@
-"""Full-batch alternatives to SGD for linear heads on cached features.
+"""Full-batch solvers for linear heads on cached features: L-BFGS and ridge.
 
-- 'lbfgs': multinomial logistic regression (the same model and loss as the SGD head,
-  plus wd * |W|^2 / 2) minimised with optax.lbfgs on the whole train set; vmapped over
-  the weight-decay grid; one endpoint at a time (its features are the only big array).
-- 'ridge': closed-form ridge regression on one-hot {-1, +1} targets with a bias column;
-  one eigendecomposition of the D x D covariance serves the whole L2 grid.
+- 'lbfgs' (`train_lbfgs`, the default cached probe): multinomial logistic regression,
+  the same model and loss as the SGD head, minimised exactly:
+
+      f(V, c) = mean_n CE(softmax(x~_n V + c), y_n) + wd / 2 * |V|^2
+
+  with x~ the standardised features when `standardize` (V lives in those coordinates;
+  the bias c is not penalised: scikit-learn's `LogisticRegression(C=1 / (N * wd))`
+  with the multinomial loss has the same optimum). The L2 grid (`weight_decays`) is
+  walked from the largest wd down, one grid point at a time: each point stops on its
+  own criterion (max |grad| <= tol, or `iters` iterations) and warm-starts the next
+  from its optimum and its curvature memory (see `_lbfgs`). A grid point never waits
+  for another, so wd = 0, which has no finite optimum on separable features, costs only
+  its own `iters` cap (reported as not converged).
+- 'ridge' (`train_ridge`): closed-form ridge regression on one-hot {-1, +1} targets with
+  a bias column; one eigendecomposition of the Gram matrix serves the whole L2 grid.
+
 Both pick the grid point with the best top-1 on the held-out validation features and
-return the same structure as `linear.train_cached` (with `epoch` = iterations for
-L-BFGS, 0 for ridge), so the driver treats every solver alike.
+return the structure of `linear.train_cached` (with `epoch` = L-BFGS iterations, 0 for
+ridge), so the driver treats every solver alike.
+
+One objective evaluation (`objective`) reads the features once: rows are processed in
+blocks that stay in cache, each block giving its logits and its share of the gradient
+before the next is read. The standardisation is folded into the weights (x~ V + c =
+x (s V) + (c - mu s V)), so the raw cache is read as is, never copied standardised.
+bfloat16 caches are widened to float32 one endpoint at a time before solving: XLA's
+CPU backend has no fast bf16 matmul, and its f32 one runs near the memory floor.
 """
 import functools
 import time
@@ -15,59 +33,373 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ssl_jax.evaluation import linear
 
+TOL = 1e-4          # default max |gradient| of the mean objective (scikit-learn's tol)
+HISTORY = 10        # L-BFGS memory (pairs)
+C1 = 1e-4           # Armijo's sufficient-decrease constant
+BLOCK_BYTES = 6 << 20  # rows per block: about this many bytes of f32 features
 
-def _std(x, stats):
-  return linear._standardize(x, stats)  # pylint: disable=protected-access
+
+def block_rows(dim, n):
+  """Rows per block of a pass over f32[n, dim] features (at least 16, at most n)."""
+  return int(max(16, min(n, BLOCK_BYTES // (4 * max(dim, 1)))))
 
 
-@functools.partial(jax.jit, static_argnames=('num_classes', 'iters'))
-def _lbfgs_fit(x, y, wds, init, *, num_classes, iters):
-  """L-BFGS on mean CE + wd/2 |W|^2 for every wd in wds (vmapped). x f32[N, D]."""
-  del num_classes
+# ----------------------------------------------------------------------------- objective
 
-  def fit(wd, p0):
-    def fun(p):
-      logits = x @ p['kernel'] + p['bias']
-      ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-      return ce + 0.5 * wd * jnp.sum(jnp.square(p['kernel']))
 
-    opt = optax.lbfgs()
-    vg = optax.value_and_grad_from_state(fun)
+def _fold(theta, mean, inv_std):
+  """Raw-feature weights (w f32[D, K], b f32[K]) equal to theta on standardised ones."""
+  d = theta.shape[0] - 1
+  w = theta[:d] * inv_std[:, None]
+  return w, theta[d] - mean @ w
 
-    def body(_, carry):
-      p, state = carry
-      value, grad = vg(p, state=state)
-      updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=fun)
-      return optax.apply_updates(p, updates), state
 
-    p, _ = jax.lax.fori_loop(0, iters, body, (p0, opt.init(p0)))
-    return p
+def precondition(v, precond, inverse=False):
+  """P v (or P^-1 v) with P = I + U diag(c) U', U orthonormal; v when precond is None."""
+  if precond is None:
+    return v
+  u, c = precond
+  if inverse:
+    c = 1.0 / (1.0 + c) - 1.0
+  return v + u @ (c[:, None] * (u.T @ v))
 
-  return jax.vmap(fit)(wds, init)
+
+@functools.partial(jax.jit, static_argnames=('rank', 'rows', 'iters'))
+def _top_eigen(x, mean, inv_std, *, rank, rows, iters):
+  """Top `rank` eigenpairs of the standardised features' covariance, from `rows` rows.
+
+  Randomised subspace iteration (Halko, Martinsson and Tropp 2011, algorithm 4.4) with
+  16 extra columns, then Rayleigh-Ritz. Rows are taken at a fixed stride.
+  """
+  n, d = x.shape
+  stride = max(n // rows, 1)
+  z = (x[::stride][:rows].astype(jnp.float32) - mean) * inv_std
+  m = z.shape[0]
+  q = jax.random.normal(jax.random.PRNGKey(0), (d, min(rank + 16, d, m)), jnp.float32)
+  for _ in range(iters):
+    q, _ = jnp.linalg.qr(z.T @ (z @ q))
+  b = z @ q
+  lam, v = jnp.linalg.eigh(b.T @ b / m)
+  return lam[::-1][:rank], (q @ v[:, ::-1])[:, :rank]
+
+
+def spectral_preconditioner(x, stats, rank=128, rows=4096, iters=2):
+  """(U f32[D, r], c f32[r]) whose P = I + U diag(c) U' flattens the top of the spectrum.
+
+  Standardised CNN features are strongly correlated: the covariance of 6,400-dim pooled
+  ResNet features has its top eigenvalue near 10^3 and its 50th near 10 (measured on
+  CIFAR-10), so the logistic loss's condition number, lambda_max / wd, costs L-BFGS
+  hundreds of iterations. Optimising V' with V = P V' and c_i = sqrt(lam_r / lam_i) - 1
+  maps the top-r eigenvalues lam_i to lam_r (the r-th), leaving the optimum V unchanged.
+  Estimated on a row subsample: it only has to be roughly right.
+
+  Returns:
+    ((U, c), eigenvalues f32[r]).
+  """
+  n, d = x.shape
+  rank = int(min(rank, d - 1, n - 1))
+  if rank < 1:
+    return None, None
+  mean, inv_std = stats if stats is not None else (jnp.zeros((d,)), jnp.ones((d,)))
+  lam, u = _top_eigen(x, mean, inv_std, rank=rank, rows=int(min(rows, n)), iters=iters)
+  floor = jnp.maximum(lam[-1], 1e-6 * lam[0])
+  c = jnp.sqrt(floor / jnp.maximum(lam, floor)) - 1.0
+  return (u, c), lam
+
+
+def objective(x, y, theta, mean, inv_std, wd, *, block, precond=None):
+  """Value and gradient of the regularised mean softmax CE in one read of x.
+
+  Args:
+    x: f32[N, D] raw features (not standardised).
+    y: i32[N] labels in [0, K).
+    theta: f32[D + 1, K]: rows 0..D-1 the kernel V on standardised features, row D the
+      bias c.
+    mean, inv_std: f32[D] standardisation (zeros and ones for none).
+    wd: f32 scalar, the L2 coefficient of V.
+    block: rows per block (static).
+    precond: None, or (U f32[D, r], c f32[r]) of `spectral_preconditioner`: theta's
+      kernel rows are then V' with V = P V' (the objective of V' is f(P V'), its
+      gradient P grad_V).
+  Returns:
+    (f32 value, f32[D + 1, K] gradient).
+  """
+  n, d = x.shape
+  k = theta.shape[1]
+  block = min(block, n)
+  v = precondition(theta[:d], precond)
+  w, b = _fold(jnp.concatenate([v, theta[d:]]), mean, inv_std)
+
+  def body(acc, i):
+    # The last block is shifted back to end at row n; its rows that an earlier block
+    # already read get weight 0 (one block shape: one compiled body).
+    start = jnp.minimum(i * block, n - block)
+    xb = jax.lax.dynamic_slice_in_dim(x, start, block)
+    yb = jax.lax.dynamic_slice_in_dim(y, start, block)
+    wt = (start + jnp.arange(block) >= i * block).astype(jnp.float32)
+    logits = jnp.einsum('nd,dk->nk', xb, w) + b
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    ce = lse - jnp.take_along_axis(logits, yb[:, None], axis=-1)[:, 0]
+    g = (jnp.exp(logits - lse[:, None]) - jax.nn.one_hot(yb, k, dtype=logits.dtype)
+         ) * wt[:, None]
+    # 'nk,nd->kd' keeps x's row-major layout: XLA's CPU dot streams it (x^T g copies).
+    part = (jnp.sum(ce * wt), jnp.einsum('nk,nd->kd', g, xb), jnp.sum(g, 0))
+    return jax.tree.map(jnp.add, acc, part), None
+
+  acc = (jnp.zeros((), jnp.float32), jnp.zeros((k, d), jnp.float32),
+         jnp.zeros((k,), jnp.float32))
+  (ce, gx, gb), _ = jax.lax.scan(body, acc, jnp.arange(-(-n // block)))
+  value = ce / n + 0.5 * wd * jnp.sum(v * v)
+  grad_v = inv_std[:, None] * (gx.T - mean[:, None] * gb[None, :]) / n + wd * v
+  return value, jnp.concatenate([precondition(grad_v, precond), (gb / n)[None]], 0)
+
+
+# ----------------------------------------------------------------------------- L-BFGS
+
+
+def empty_memory(theta, history=HISTORY):
+  """An empty L-BFGS memory for parameters shaped like theta.
+
+  Pairs are kept oldest first (index history-1 is the newest); unused slots hold zero
+  vectors with rho = 0, which the two-loop recursion passes through unchanged.
+  """
+  z = jnp.zeros((history,) + theta.shape, theta.dtype)
+  return {'s': z, 'y': z, 'rho': jnp.zeros((history,), theta.dtype)}
+
+
+def _direction(g, mem):
+  """-H g, H the L-BFGS inverse-Hessian approximation of the stored pairs.
+
+  The compact form of Byrd, Nocedal and Schnabel (1994, eq. 2.6), equal to the
+  two-loop recursion but made of a few matrix products (a handful of kernels to
+  compile, not 4m dot products): with S, Y the pairs as rows, R = triu(S Y'),
+  D = diag(S Y') and gamma = s'y / y'y of the newest pair,
+    H g = gamma g + S' t - gamma Y' a,  a = R^-1 S g,
+    t = R^-T ((D + gamma Y Y') a - gamma Y g).
+  Unused slots (zero pairs, rho = 0) get R_ii = 1 and drop out.
+  """
+  m = mem['s'].shape[0]
+  s = mem['s'].reshape(m, -1)
+  y = mem['y'].reshape(m, -1)
+  gf = g.reshape(-1)
+  sy = s @ y.T
+  yy = y @ y.T
+  used = mem['rho'] > 0
+  gamma = jnp.where(used[-1], sy[-1, -1] / jnp.where(used[-1], yy[-1, -1], 1.0), 1.0)
+  r = jnp.triu(sy) + jnp.diag(jnp.where(used, 0.0, 1.0))
+  a = jax.scipy.linalg.solve_triangular(r, s @ gf, lower=False)
+  rhs = jnp.diag(sy) * a + gamma * (yy @ a) - gamma * (y @ gf)
+  t = jax.scipy.linalg.solve_triangular(r, rhs, lower=False, trans='T')
+  return -(gamma * gf + t @ s - gamma * (a @ y)).reshape(g.shape)
+
+
+def _push(mem, s, y):
+  """Appends the pair (s, y) (dropping the oldest) when its curvature s.y is positive."""
+  sy = jnp.vdot(s, y)
+  ok = sy > 1e-10 * jnp.vdot(y, y)
+  new = {'s': jnp.concatenate([mem['s'][1:], s[None]]),
+         'y': jnp.concatenate([mem['y'][1:], y[None]]),
+         'rho': jnp.concatenate([mem['rho'][1:], (1.0 / jnp.where(ok, sy, 1.0))[None]])}
+  return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, mem)
+
+
+@jax.jit
+def shift_memory(mem, dwd, precond=None):
+  """The memory of the same pairs for an L2 coefficient larger by dwd.
+
+  The CE part of the objective does not depend on wd, so a gradient difference y for
+  wd becomes y + dwd * P^2 s (kernel rows; P = I without preconditioner) for wd + dwd:
+  curvature learned along the L2 path carries over exactly. A pair whose curvature is
+  no longer positive is zeroed.
+  """
+  d = mem['s'].shape[1] - 1
+  pp = jax.vmap(lambda s: precondition(precondition(s[:d], precond), precond))(mem['s'])
+  y = mem['y'] + dwd * jnp.concatenate([pp, jnp.zeros_like(mem['s'][:, d:])], 1)
+  sy = jnp.einsum('m...,m...->m', mem['s'], y)
+  yy = jnp.einsum('m...,m...->m', y, y)
+  ok = (sy > 1e-10 * yy) & (mem['rho'] > 0)
+  keep = lambda a: a * ok.reshape((-1,) + (1,) * (a.ndim - 1))
+  return {'s': keep(mem['s']), 'y': keep(y),
+          'rho': jnp.where(ok, 1.0 / jnp.where(ok, sy, 1.0), 0.0)}
+
+
+@functools.partial(jax.jit, static_argnames=('max_iters', 'block', 'max_ls'))
+def _lbfgs(x, y, mean, inv_std, wd, theta, mem, tol, precond, *, max_iters, block,
+           max_ls=20):
+  """Minimises `objective` from theta with L-BFGS and a backtracking line search.
+
+  The search tries the unit step (the first iteration without curvature: a step of
+  unit length), accepts on Armijo's or the approximate Wolfe condition (Hager and Zhang
+  2005: Armijo's on a quadratic model, read off the slope, which float32 still resolves
+  where the value's decrease is below its rounding), else shrinks by quadratic
+  interpolation, at most max_ls times. Stops when max |grad| <= tol (converged), after
+  max_iters accepted steps, or when a search fails (stalled).
+
+  One loop trip = one objective evaluation (a small state machine: the first trip
+  evaluates the start, the others a trial step), so the objective, the costly part to
+  compile, appears once in the program.
+
+  Returns:
+    (theta, memory, info dict: value, grad_max, iters, evals (objective passes),
+    converged, stalled, values f32[max_iters + 1]: the objective at the start and
+    after each iteration, NaN past iters).
+  """
+  fg = lambda t: objective(x, y, t, mean, inv_std, wd, block=block, precond=precond)
+  zero = jnp.zeros_like(theta)
+
+  def next_direction(g, mem):
+    d = _direction(g, mem)
+    gd = jnp.vdot(g, d)
+    descent = gd < 0  # else a stale memory: restart from steepest descent
+    mem = jax.tree.map(lambda a: jnp.where(descent, a, jnp.zeros_like(a)), mem)
+    d = jnp.where(descent, d, -g)
+    gd = jnp.where(descent, gd, -jnp.vdot(g, g))
+    t = jnp.where(descent & (mem['rho'][-1] > 0), 1.0,
+                  jnp.minimum(1.0, 1.0 / jnp.sqrt(jnp.vdot(g, g))))
+    return d, gd, t, mem
+
+  def body(c):
+    trial = c['theta'] + c['t'] * c['d']
+    fn, gn = fg(trial)
+    first = c['evals'] == 0
+    armijo = fn <= c['f'] + C1 * c['t'] * c['gd']
+    approx = (fn <= c['f'] + 1e-6 * jnp.abs(c['f'])) & (
+        jnp.vdot(gn, c['d']) <= (2 * C1 - 1) * c['gd'])
+    accept = first | (jnp.isfinite(fn) & (armijo | approx))
+    mem = jax.tree.map(lambda a, b: jnp.where(accept & ~first, a, b),
+                       _push(c['mem'], c['t'] * c['d'], gn - c['g']), c['mem'])
+    theta = jnp.where(accept, trial, c['theta'])
+    f = jnp.where(accept, fn, c['f'])
+    g = jnp.where(accept, gn, c['g'])
+    d, gd, t_new, mem = next_direction(g, mem)
+    # Rejected: the minimiser of the quadratic through f, gd at 0 and fn at t, kept in
+    # [t/10, t/2] (t/10 when fn is not finite).
+    t = c['t']
+    q = -c['gd'] * t * t / (2.0 * (fn - c['f'] - c['gd'] * t))
+    shrunk = jnp.where(jnp.isfinite(q), jnp.clip(q, 0.1 * t, 0.5 * t), 0.1 * t)
+    searches = jnp.where(accept, 0, c['searches'] + 1)
+    it = c['it'] + (accept & ~first)
+    values = jnp.where(accept, c['values'].at[it].set(f), c['values'])
+    # The test is on the gradient in the original coordinates (P^-1 of theta's):
+    # the same criterion with or without a preconditioner, scikit-learn's.
+    gmax = jnp.maximum(jnp.max(jnp.abs(precondition(g[:-1], precond, inverse=True))),
+                       jnp.max(jnp.abs(g[-1])))
+    stalled = searches >= max_ls
+    return {'theta': theta, 'f': f, 'g': g, 'mem': mem,
+            'd': jnp.where(accept, d, c['d']), 'gd': jnp.where(accept, gd, c['gd']),
+            't': jnp.where(accept, t_new, shrunk), 'searches': searches, 'it': it,
+            'evals': c['evals'] + 1, 'gmax': gmax, 'stalled': stalled, 'values': values,
+            'done': (gmax <= tol) | stalled | (it >= max_iters)}
+
+  c = jax.lax.while_loop(lambda c: ~c['done'], body, {
+      'theta': theta, 'f': jnp.float32(0), 'g': zero, 'mem': mem, 'd': zero,
+      'gd': jnp.float32(0), 't': jnp.float32(0), 'searches': jnp.int32(0),
+      'it': jnp.int32(0), 'evals': jnp.int32(0), 'gmax': jnp.float32(jnp.inf),
+      'stalled': jnp.bool_(False), 'done': jnp.bool_(False),
+      'values': jnp.full((max_iters + 1,), jnp.nan, jnp.float32)})
+  info = {'value': c['f'], 'grad_max': c['gmax'], 'iters': c['it'], 'evals': c['evals'],
+          'converged': c['gmax'] <= tol, 'stalled': c['stalled'], 'values': c['values']}
+  return c['theta'], c['mem'], info
+
+
+def fit_path(x, y, wds, *, num_classes, stats=None, tol=TOL, max_iters=500, history=HISTORY,
+             block=None, precond_rank=128, log_fn=None):
+  """L-BFGS logistic regression for every wd, walked from the largest down.
+
+  Args:
+    x: f32/bf16[N, D] raw features (on device); y: int[N] labels in [0, num_classes).
+    wds: L2 coefficients (per example, as `weight_decays`); any order, >= 0.
+    num_classes: K.
+    stats: (mean f32[D], inv_std f32[D]) standardisation, or None.
+    tol: convergence when max |gradient| of the mean objective <= tol.
+    max_iters: iteration cap of each grid point.
+    history: L-BFGS memory; block: rows per block (default `block_rows`).
+    precond_rank: rank of the `spectral_preconditioner` (0: none).
+    log_fn: optional callback(dict) after each grid point.
+  Returns:
+    (thetas f32[G, D + 1, K] in the order of wds, list of G info dicts: weight_decay,
+    value (the final objective), grad_max, iters, evals (objective passes, the start's
+    included), converged, stalled, seconds (wall, the first point's compilation
+    included), values (the objective at the start and after each iteration)).
+  """
+  wds = [float(w) for w in wds]
+  if any(w < 0 or not np.isfinite(w) for w in wds):
+    raise ValueError(f'weight_decays={wds}: every L2 coefficient must be finite and >= 0')
+  if x.dtype != jnp.float32:
+    x = x.astype(jnp.float32)  # One endpoint at a time (see the module docstring).
+  n, d = x.shape
+  y = jnp.asarray(y, jnp.int32)
+  mean, inv_std = stats if stats is not None else (jnp.zeros((d,)), jnp.ones((d,)))
+  block = block or block_rows(d, n)
+  precond = spectral_preconditioner(x, stats, precond_rank)[0] if precond_rank else None
+  theta = jnp.zeros((d + 1, num_classes), jnp.float32)  # the convex problem's usual start
+  mem = empty_memory(theta, history)
+  thetas, infos = [None] * len(wds), [None] * len(wds)
+  prev = None
+  for i in sorted(range(len(wds)), key=lambda j: -wds[j]):
+    if prev is not None:
+      mem = shift_memory(mem, jnp.float32(wds[i] - prev), precond)
+    t = time.perf_counter()
+    theta, mem, info = _lbfgs(x, y, mean, inv_std, jnp.float32(wds[i]), theta, mem,
+                              jnp.float32(tol), precond, max_iters=int(max_iters),
+                              block=block)
+    info = jax.device_get(info)
+    infos[i] = {'weight_decay': wds[i], 'value': float(info['value']),
+                'grad_max': float(info['grad_max']), 'iters': int(info['iters']),
+                'evals': int(info['evals']), 'converged': bool(info['converged']),
+                'stalled': bool(info['stalled']), 'seconds': time.perf_counter() - t,
+                'values': [float(v) for v in info['values'][:int(info['iters']) + 1]]}
+    thetas[i] = jnp.concatenate([precondition(theta[:-1], precond), theta[-1:]])
+    prev = wds[i]
+    if log_fn is not None:
+      log_fn(infos[i])
+  return jnp.stack(thetas), infos
 
 
 def train_lbfgs(train_feats, train_labels, val_feats, val_labels, *, num_classes, cfg,
-                val_mask=None, iters=500):
-  """L-BFGS logistic regression per endpoint; wd chosen on validation top-1."""
+                val_mask=None, iters=500, log_fn=None):
+  """L-BFGS logistic regression per endpoint; wd chosen on validation top-1.
+
+  Args:
+    train_feats: {endpoint: f32/bf16[N, D]} (one view); train_labels: int[N].
+    val_feats, val_labels, val_mask: the held-out split (as `linear.train_cached`).
+    num_classes: K.
+    cfg: train config: weight_decays (the L2 grid), standardize, tol (max |gradient|),
+      precond_rank, eval_batch_size; the SGD keys are ignored.
+    iters: iteration cap of each grid point (config.eval.lbfgs_iters).
+    log_fn: optional callback(endpoint, info dict) after each grid point.
+  Returns:
+    as `linear.train_cached`; selected[endpoint]['epoch'] is the chosen grid point's
+    iteration count, epochs_trained the largest count of any point, stopped_early True
+    when every point converged, and `solver_info` {endpoint: [info per grid point]}.
+  """
   cfg = linear.make_config(cfg, base_lrs=(0.0,))
   t0 = time.perf_counter()
   stats = linear.feature_stats(train_feats) if cfg['standardize'] else None
-  wds = jnp.asarray(cfg['weight_decays'], jnp.float32)
   y = jnp.asarray(train_labels, jnp.int32)
-  params = {}
-  dims = {k: int(v.shape[-1]) for k, v in train_feats.items()}
-  init = linear.init_heads(cfg['seed'], dims, num_classes,
-                           dict(cfg, head='linear'))
+  if int(y.shape[0]) != linear._num_rows(train_feats):  # pylint: disable=protected-access
+    raise ValueError(f'train features have {linear._num_rows(train_feats)} rows and '  # pylint: disable=protected-access
+                     f'{y.shape[0]} labels; the lbfgs solver fits one view')
+  params, infos = {}, {}
   for name in sorted(train_feats):
-    x = _std(train_feats[name], None if stats is None else stats[name])
-    params[name] = _lbfgs_fit(x, y, wds, init[name], num_classes=num_classes,
-                              iters=iters)
-    del x
-  return _finish(params, val_feats, val_labels, val_mask, stats, cfg, iters, t0)
+    cb = None if log_fn is None else functools.partial(log_fn, name)
+    thetas, infos[name] = fit_path(
+        train_feats[name], y, cfg['weight_decays'], num_classes=num_classes,
+        stats=None if stats is None else stats[name], tol=cfg['tol'], max_iters=iters,
+        precond_rank=int(cfg['precond_rank']), log_fn=cb)
+    params[name] = {'kernel': thetas[:, :-1], 'bias': thetas[:, -1]}
+  epochs = {n: np.array([i['iters'] for i in v]) for n, v in infos.items()}
+  res = _finish(params, val_feats, val_labels, val_mask, stats, cfg, epochs, t0)
+  res['epochs_trained'] = int(max(e.max() for e in epochs.values()))
+  res['stopped_early'] = all(i['converged'] for v in infos.values() for i in v)
+  res['solver_info'] = infos
+  return res
+
+
+# ----------------------------------------------------------------------------- ridge
 
 
 @jax.jit
@@ -100,7 +432,7 @@ def train_ridge(train_feats, train_labels, val_feats, val_labels, *, num_classes
   y = 2.0 * jax.nn.one_hot(jnp.asarray(train_labels), num_classes) - 1.0
   params = {}
   for name in sorted(train_feats):
-    x = _std(train_feats[name], None if stats is None else stats[name])
+    x = linear._standardize(train_feats[name], None if stats is None else stats[name])  # pylint: disable=protected-access
     w = _ridge_path(x, y, l2s)
     params[name] = {'kernel': w[:, :-1, :], 'bias': w[:, -1, :]}
     del x
@@ -108,13 +440,20 @@ def train_ridge(train_feats, train_labels, val_feats, val_labels, *, num_classes
 
 
 def _finish(params, val_feats, val_labels, val_mask, stats, cfg, epochs, t0):
-  """Scores every grid point on val and selects, as linear.train_cached does."""
+  """Scores every grid point on val and selects, as linear.train_cached does.
+
+  epochs: an int for every point, or {endpoint: int[G]} (L-BFGS iterations).
+  """
   metrics, _ = linear.evaluate_cached(
       params, {k: val_feats[k] for k in params}, jnp.asarray(val_labels, jnp.int32),
       val_mask, stats, kind='linear', batch_size=cfg['eval_batch_size'])
   sel = linear._selection_init(params)  # pylint: disable=protected-access
-  sel, _ = linear._selection_update(sel, metrics, params, epochs)  # pylint: disable=protected-access
+  sel, _ = linear._selection_update(sel, metrics, params, 0)  # pylint: disable=protected-access
+  for name in params:
+    sel['epoch'][name] = np.asarray(epochs[name] if isinstance(epochs, dict) else
+                                    np.full(len(sel['epoch'][name]), epochs), np.int64)
   seconds = time.perf_counter() - t0
-  return {'selected': linear.select(sel, cfg), 'epochs_trained': epochs,
+  return {'selected': linear.select(sel, cfg), 'epochs_trained': (
+              epochs if not isinstance(epochs, dict) else 0),
           'stopped_early': False, 'seconds': seconds, 'seconds_per_epoch': None,
-          'stats': stats, 'history': [], 'config': cfg}
+          'chunk_seconds': [], 'stats': stats, 'history': [], 'config': cfg}

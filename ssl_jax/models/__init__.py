@@ -1,9 +1,13 @@
 """Model zoo: the study's trunks (ResNet50 v1/v2, RevNet50, VGG19-BN) in Flax linen.
 
-Every model is `__call__(x f32[N,H,W,3], train: bool) -> (logits f32[N,num_classes],
-endpoints)`; endpoints are float32, NHWC except the 2-D `pre_logits` and `logits`.
+Every model is `__call__(x f32[N,H,W,C], train: bool) -> (output, endpoints)`. With
+num_classes > 0 the output is the logits f32[N,num_classes] of a Dense `logits` layer on
+pre-logits (the study's classifier); with num_classes=0 the model is the trunk alone
+and the output is pre_logits (task heads live outside the trunk, see ssl_jax.tasks).
+Endpoints are float32, NHWC except the 2-D `pre_logits` and `logits`. The input may
+have any channel count C (RGB 3, the L channel of Lab 1): the root conv adapts.
 Parameters are float32; `dtype='bfloat16'` only changes the compute dtype.
-Never imports TensorFlow.
+`tiny_cnn` is a three-conv test model (not the study's). Never imports TensorFlow.
 """
 import numbers
 
@@ -12,6 +16,7 @@ import jax.numpy as jnp
 from ssl_jax.models import layers
 from ssl_jax.models import resnet
 from ssl_jax.models import revnet
+from ssl_jax.models import tiny
 from ssl_jax.models import vgg
 
 MODELS = {
@@ -19,6 +24,7 @@ MODELS = {
     'resnet50_v2': resnet.ResNet50V2,
     'revnet50': revnet.RevNet50,
     'vgg19_bn': vgg.VGG19BN,
+    'tiny_cnn': tiny.TinyCNN,
 }
 
 ENDPOINTS = {
@@ -26,7 +32,14 @@ ENDPOINTS = {
     'resnet50_v2': layers.RESNET_ENDPOINTS,
     'revnet50': layers.RESNET_ENDPOINTS,
     'vgg19_bn': vgg.ENDPOINTS,
+    'tiny_cnn': tiny.ENDPOINTS,
 }
+
+
+def trunk_endpoints(name):
+  """The endpoints of the bare trunk `name` (num_classes=0): ENDPOINTS without logits."""
+  return tuple(e for e in ENDPOINTS[name] if e != 'logits')
+
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -44,11 +57,12 @@ def _dtype_name(dtype):
 
 def create_model(name, *, num_classes, width=4, dtype='float32', patch_strides=False,
                  small_input=False, last_relu=True, bn_axis_name=None):
-  """Builds the trunk `name` (see MODELS) with a `num_classes`-way logits layer.
+  """Builds the trunk `name` (see MODELS), with a `num_classes`-way logits layer if > 0.
 
   Args:
     name: one of MODELS.
-    num_classes: width of the logits layer (>= 1).
+    num_classes: width of the logits layer; 0 = the trunk alone (no logits layer,
+      output pre_logits), as the pretext tasks use it.
     width: widening factor k >= 1 (k=4: standard ResNet50; VGG width is 8k, so k=8 is
       vanilla VGG19).
     dtype: compute dtype, 'float32' or 'bfloat16' (params are float32 either way).
@@ -70,8 +84,9 @@ def create_model(name, *, num_classes, width=4, dtype='float32', patch_strides=F
   """
   if name not in MODELS:
     raise ValueError(f'model name={name!r} is not a known model; allowed: {sorted(MODELS)}')
-  if not _is_int(num_classes) or num_classes < 1:
-    raise ValueError(f'num_classes={num_classes!r} must be an integer >= 1')
+  if not _is_int(num_classes) or num_classes < 0:
+    raise ValueError(f'num_classes={num_classes!r} must be an integer >= 0 '
+                     '(0: the trunk alone, without a logits layer)')
   if not _is_int(width) or width < 1:
     raise ValueError(f'width={width!r} must be an integer >= 1 (widening factor k; '
                      'k=4 is the standard ResNet50)')

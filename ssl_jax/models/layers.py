@@ -100,11 +100,26 @@ def to_float32(logits, endpoints):
           {k: v.astype(jnp.float32) for k, v in endpoints.items()})
 
 
+def finish(trunk, pre_logits, endpoints):
+  """The end of every model: the logits layer on pre-logits, or none for a bare trunk.
+
+  Call from inside the model's compact `__call__`. num_classes > 0: a Dense `logits`
+  layer (the study's 1x1 conv with bias) and the `logits` endpoint; num_classes == 0:
+  the trunk alone, whose output is pre_logits (task heads live outside the trunk).
+  Returns (output f32[N, num_classes or D], endpoints, all float32).
+  """
+  if not trunk.num_classes:
+    return to_float32(pre_logits, endpoints)
+  logits = logits_layer(trunk.num_classes, dtype=trunk.dtype)(pre_logits)
+  endpoints['logits'] = logits
+  return to_float32(logits, endpoints)
+
+
 class Trunk(nn.Module):
   """Fields shared by every model in the zoo (see ssl_jax.models.create_model).
 
   Attributes:
-    num_classes: width of the logits layer.
+    num_classes: width of the logits layer; 0 = the trunk alone (no logits layer).
     width: widening factor k (k=4 is the standard ResNet50: 64 root filters, 2048-d
       pre-logits).
     dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters stay float32.

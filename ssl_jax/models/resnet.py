@@ -71,8 +71,9 @@ class BottleneckV2(nn.Module):
 class ResNet(layers.Trunk):
   """ResNet50 trunk + logits layer; see layers.Trunk for the fields.
 
-  `__call__(x f32[N,H,W,3], train) -> (logits f32[N,num_classes], endpoints)` with
-  endpoints after_root, block1..block4 (NHWC) and pre_logits, logits ([N,C]), all float32.
+  `__call__(x f32[N,H,W,C], train) -> (logits f32[N,num_classes], endpoints)` with
+  endpoints after_root, block1..block4 (NHWC) and pre_logits, logits ([N,C]), all float32
+  (num_classes=0: the trunk alone, returning pre_logits and no logits endpoint).
   At 224 px: after_root/block1 56x56, block2 28, block3 14, block4 7.
   """
   version: ClassVar[str] = 'v2'
@@ -111,9 +112,7 @@ class ResNet(layers.Trunk):
         x = nn.relu(x)
     x = layers.global_mean(x)
     endpoints['pre_logits'] = x
-    logits = layers.logits_layer(self.num_classes, dtype=self.dtype)(x)
-    endpoints['logits'] = logits
-    return layers.to_float32(logits, endpoints)
+    return layers.finish(self, x, endpoints)
 
 
 class ResNet50V1(ResNet):

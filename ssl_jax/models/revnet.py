@@ -89,9 +89,7 @@ class RevNet(layers.Trunk):
       x = nn.relu(x)
     x = layers.global_mean(x)
     endpoints['pre_logits'] = x
-    logits = layers.logits_layer(self.num_classes, dtype=self.dtype)(x)
-    endpoints['logits'] = logits
-    return layers.to_float32(logits, endpoints)
+    return layers.finish(self, x, endpoints)
 
 
 RevNet50 = RevNet

@@ -45,6 +45,4 @@ class VGG19BN(layers.Trunk):
     x = conv_bn_relu(x, 512 * self.width, 1, 'VALID', 'fc7')
     x = x.reshape(x.shape[0], -1)  # [N,1,1,C] -> [N,C].
     endpoints['pre_logits'] = x
-    logits = layers.logits_layer(self.num_classes, dtype=self.dtype)(x)
-    endpoints['logits'] = logits
-    return layers.to_float32(logits, endpoints)
+    return layers.finish(self, x, endpoints)

@@ -1,12 +1,51 @@
-"""Pieces shared by the task modules: input scaling and the classification metrics."""
+"""Pieces shared by the task files: input scaling, the linear head, classification loss.
+
+Never imports TensorFlow.
+"""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from ssl_jax.models import layers
+
 
 def to_minus_one_one(images):
-  """u8[...,H,W,C] -> f32 in [-1, 1]: x / 255 mapped linearly (the study's `-1_to_1`)."""
+  """u8[...] -> f32 in [-1, 1]: x / 255 mapped linearly (the study's `-1_to_1`)."""
   return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+
+
+def bn_axis(config):
+  """The BatchNorm axis name for heads: 'data' with cross-device BN, else None."""
+  return 'data' if config.model.cross_device_bn else None
+
+
+def compute_dtype(config):
+  return jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32
+
+
+def rgb_eval_fn(images):
+  """The full-image evaluation input: u8[B, H, W, 3] -> f32[B, H, W, 3] in [-1, 1]."""
+  return to_minus_one_one(images)
+
+
+class LinearHead(nn.Module):
+  """A Dense layer on one trunk endpoint (default pre_logits): the study's classifier.
+
+  The revisiting study's task classifier is the trunk's own logits layer (a 1x1 conv
+  with bias on pre-logits): Glorot-uniform kernel, zero bias; named `logits` here as
+  there, so rotation / supervised / exemplar keep its parameters and initialiser.
+  `__call__(endpoints, inputs, train) -> f32[N, features]`.
+  """
+  features: int
+  endpoint: str = 'pre_logits'
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, endpoints, inputs, train):
+    del inputs, train
+    x = endpoints[self.endpoint]
+    return layers.logits_layer(self.features, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 def classification_metrics(logits, labels):
@@ -29,18 +68,14 @@ def classification_metrics(logits, labels):
   return out
 
 
-def make_trunk(model_config, num_classes):
-  """The trunk named by `config.model` (a dict or ConfigDict).
+def classification_loss(logits, targets, axis_name=None):
+  """The task loss of classification pretexts: (mean CE on this device, per-example metrics).
 
-  Call in a task model's `setup` as `self.trunk = make_trunk(...)`, so the
-  trunk's parameters live under params['trunk'] in every task (linear
-  evaluation relies on it).
+  Args:
+    logits: f32[N, K], image-major.
+    targets: i32[N] or i32[B, c] (flattened image-major).
+    axis_name: unused (the mean over devices is the engine's).
   """
-  # Deferred import keeps `ssl_jax.tasks.common` importable without the models.
-  from ssl_jax import models  # pylint: disable=g-import-not-at-top
-  m = model_config
-  return models.create_model(
-      m['name'], num_classes=num_classes, width=m['width'], dtype=m['dtype'],
-      patch_strides=m['patch_strides'], small_input=m['small_input'],
-      last_relu=m['last_relu'],
-      bn_axis_name='data' if m['cross_device_bn'] else None)
+  del axis_name
+  per_example = classification_metrics(logits, targets.reshape(-1))
+  return jnp.mean(per_example['loss']), per_example

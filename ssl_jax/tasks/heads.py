@@ -1,17 +1,22 @@
-"""The patch tasks' classifier ("AlexNet fc7-fc8" head of the study).
+"""The patch tasks' head: per-patch embedding, then the "AlexNet fc7-fc8" classifier.
 
-concatenated patch embeddings -> Dense(4096) -> BN -> ReLU -> Dropout(0.5, train
-only) -> Dense(num_classes). Both kernels: truncated-normal std 0.005; first
-bias 0.1, last bias 0 (the study's `fully_connected`). BN momentum 0.997 and
-epsilon 1e-5 (not the trunk's 0.99 / 1e-3). The task model names this module
-'head', so HEAD_WEIGHT_DECAY = {'head': 5e-4} reaches exactly these kernels.
+The study embeds every patch with the trunk's logits layer (a Dense of `embed_dim`
+= 1000 outputs on pre-logits, Glorot-uniform, zero bias, trunk weight decay 1e-4);
+here that layer is the head's `embedding` submodule, since the trunk has no logits.
+The classifier (`fc`, FcHead): concatenated patch embeddings -> Dense(4096) -> BN ->
+ReLU -> Dropout(0.5, train only) -> Dense(num_classes). Both kernels: truncated-normal
+std 0.005; first bias 0.1, last bias 0 (the study's `fully_connected`). BN momentum
+0.997 and epsilon 1e-5 (not the trunk's 0.99 / 1e-3). WEIGHT_DECAY = {'fc': 5e-4}
+reaches exactly the classifier's kernels, as the study's hard-coded 5e-4.
 """
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssl_jax.tasks import common
+from ssl_jax.models import layers
 
-HEAD_WEIGHT_DECAY = {'head': 5e-4}
+WEIGHT_DECAY = {'fc': 5e-4}
+PATCH_SETTINGS = ('grid', 'patch_size', 'jitter', 'embed_dim', 'head_hidden',
+                  'dropout_rate')
 
 
 def _trunc_normal(std):
@@ -43,24 +48,21 @@ class FcHead(nn.Module):
     return x.astype(jnp.float32)
 
 
-def make_head(model, patches, num_classes):
-  """FcHead from config.model and config.patches; assign it to `self.head`."""
-  return FcHead(num_classes=num_classes, hidden=patches['head_hidden'],
-                dropout_rate=patches['dropout_rate'],
-                bn_axis_name='data' if model['cross_device_bn'] else None,
-                dtype=jnp.bfloat16 if model['dtype'] == 'bfloat16' else jnp.float32)
+def patch_embeddings(endpoints, num_patches, embed_dim, dtype):
+  """The per-patch embedding: Dense(embed_dim) named `embedding` on pre_logits.
 
-
-def embed_patches(trunk, patches, train):
-  """All patches through the trunk in one batch (one BN batch of B*9, as the study).
-
-  Args:
-    trunk: the bound trunk module.
-    patches: f32[B, n, p, p, 3].
-    train: BN mode.
-  Returns:
-    (embeddings f32[B, n, E], trunk endpoints over the B*n patches, image-major).
+  Call from inside a compact head. endpoints['pre_logits'] is f32[B * n, D] over all
+  patches (image-major, one trunk pass); returns f32[B, n, embed_dim].
   """
-  b, n = patches.shape[:2]
-  emb, endpoints = trunk(patches.reshape((b * n,) + patches.shape[2:]), train=train)
-  return emb.reshape(b, n, emb.shape[-1]), endpoints
+  x = endpoints['pre_logits']
+  emb = nn.Dense(embed_dim, kernel_init=layers.KERNEL_INIT, bias_init=nn.initializers.zeros,
+                 dtype=dtype, param_dtype=jnp.float32, name='embedding')(x)
+  emb = emb.astype(jnp.float32)
+  return emb.reshape(-1, num_patches, embed_dim)
+
+
+def make_fc(settings, num_classes, bn_axis_name, dtype):
+  """The FcHead of a patch task's settings; call inside a compact head (name 'fc')."""
+  return FcHead(num_classes=num_classes, hidden=settings['head_hidden'],
+                dropout_rate=settings['dropout_rate'], bn_axis_name=bn_axis_name,
+                dtype=dtype, name='fc')

@@ -1,15 +1,13 @@
 """Patch extraction for the patch tasks (the study's `crop_patches` + `standardization`).
 
-The host pipeline delivers uint8 crops [B, S, S, 3] (the study: resize 292, gray
-p=0.66, crop 255). Here, in JAX: the crop is split into a grid x grid array of
+The preprocessing string delivers uint8 crops [B, S, S, 3] (the study: resize 292,
+gray p=0.66, crop 255), on either data source. Here, in JAX: the crop is split into a grid x grid array of
 cells of floor(S / grid) pixels (85), and inside every cell one patch of
 cell - jitter pixels (64) is cut at an offset drawn uniformly from 0..jitter
 (inclusive, per patch and per axis, as tf.random_crop does; eval: the central
 offset jitter // 2, i.e. 10). Every patch is then standardised on its own, so
 colour/brightness statistics shared between patches are no shortcut.
 """
-import re
-
 import jax
 import jax.numpy as jnp
 
@@ -104,44 +102,64 @@ def make_patches(rng, images, *, grid, jitter, train, patch_size=None):
   return standardize(crop_patches(images, offsets, grid, p))
 
 
-def make_pretext_patches(config, rng, images, train):
-  """`make_patches` with the geometry of `config.patches` (grid, jitter, patch_size)."""
-  p = config.patches
-  return make_patches(rng, images, grid=p.grid, jitter=p.jitter, train=train,
-                      patch_size=p.patch_size)
+def make_pretext_patches(settings, rng, images, train):
+  """`make_patches` with the geometry of a patch task's settings (grid, jitter, patch_size)."""
+  return make_patches(rng, images, grid=settings.grid, jitter=settings.jitter, train=train,
+                      patch_size=settings.patch_size)
 
 
-def validate_config(config):
+def eval_input(settings):
+  """The patch models' evaluation input (the study's, spec section 7.1).
+
+  Images u8[B, 3p, 3p, 3] (preprocessing `decode|resize_small(3.5p)|crop(3p)`: the
+  study's 224 -> 192 for p = 64) -> f32[B * 9, p, p, 3]: nine exact cells (jitter 0),
+  each standardised; features are then combined over the 9 patches.
+  """
+  from ssl_jax import tasks  # pylint: disable=g-import-not-at-top
+  grid, p = settings.grid, settings.patch_size
+  crop = grid * p
+  resize = int(round(crop * 224 / 192))  # The study: 224 -> 192 = 3 x 64.
+
+  def fn(images):
+    x = make_patches(None, images, grid=grid, jitter=0, train=False)
+    return x.reshape((-1,) + x.shape[2:])
+
+  return tasks.EvalInput('patches', fn, per_image=grid * grid,
+                         pp=f'decode|resize_small({resize})|crop({crop})')
+
+
+def validate_settings(config, name):
   """ValueError for a patch geometry that cannot work, before anything compiles.
 
-  Checks config.patches and, where the host preprocessing strings end in
-  `crop(S)`, that S // grid - jitter == patch_size.
+  Checks config.tasks.<name> and that the preprocessing strings' output size S gives
+  S // grid - jitter == patch_size.
   """
-  p = config.patches
+  from ssl_jax.data import ops  # pylint: disable=g-import-not-at-top
+  p = config.tasks[name]
+  key = f'config.tasks.{name}'
   if p.grid != 3:
-    raise ValueError(f'config.patches.grid={p.grid!r}: the patch tasks use a 3x3 grid '
+    raise ValueError(f'{key}.grid={p.grid!r}: the patch tasks use a 3x3 grid '
                      '(jigsaw permutes 9 patches, relative patch location needs a centre); '
                      'allowed: 3')
-  for key in ('patch_size', 'embed_dim', 'head_hidden'):
-    if not isinstance(p[key], int) or p[key] < 1:
-      raise ValueError(f'config.patches.{key}={p[key]!r} must be an integer >= 1')
+  for k in ('patch_size', 'embed_dim', 'head_hidden'):
+    if not isinstance(p[k], int) or p[k] < 1:
+      raise ValueError(f'{key}.{k}={p[k]!r} must be an integer >= 1')
   if not isinstance(p.jitter, int) or p.jitter < 0:
-    raise ValueError(f'config.patches.jitter={p.jitter!r} must be an integer >= 0')
+    raise ValueError(f'{key}.jitter={p.jitter!r} must be an integer >= 0')
   if not 0.0 <= p.dropout_rate < 1.0:
-    raise ValueError(f'config.patches.dropout_rate={p.dropout_rate!r} must be in [0, 1)')
-  for key in ('pp_train', 'pp_eval'):
-    size = crop_size(config.input[key])
-    if size is not None and geometry(size, p.grid, p.jitter)[1] != p.patch_size:
-      cell, patch = geometry(size, p.grid, p.jitter)
+    raise ValueError(f'{key}.dropout_rate={p.dropout_rate!r} must be in [0, 1)')
+  size = config.data.image_size
+  for pp_key, train in (('pp_train', True), ('pp_eval', False)):
+    try:
+      shape = ops.output_shape(config.input[pp_key] or 'decode', (size, size, 3),
+                               train=train)
+    except ValueError as e:
+      raise ValueError(f'config.input.{pp_key}={config.input[pp_key]!r}: {e}') from None
+    s = min(shape[-3:-1])
+    cell, patch = geometry(s, p.grid, p.jitter)
+    if patch != p.patch_size:
+      lo = p.grid * (p.patch_size + p.jitter)
       raise ValueError(
-          f'config.input.{key}={config.input[key]!r} crops {size} px: {cell}-px cells '
-          f'minus jitter {p.jitter} give {patch}-px patches, but '
-          f'config.patches.patch_size={p.patch_size}; allowed crop sizes: '
-          f'{p.grid * (p.patch_size + p.jitter)}..'
-          f'{p.grid * (p.patch_size + p.jitter) + p.grid - 1}')
-
-
-def crop_size(pp):
-  """S of the last `crop(S)` op of a preprocessing string, else None."""
-  sizes = re.findall(r'(?:^|\|)\s*crop\((\d+)\)', pp or '')
-  return int(sizes[-1]) if sizes else None
+          f'config.input.{pp_key}={config.input[pp_key]!r} gives {s}-px images: {cell}-px '
+          f'cells minus jitter {p.jitter} are {patch}-px patches, but {key}.patch_size='
+          f'{p.patch_size}; allowed image sizes: {lo}..{lo + p.grid - 1}')

@@ -1,43 +1,39 @@
 """Relative patch location (Doersch et al. 2015) as in the revisiting study.
 
-Each source image gives 9 standardised patches (patches.py), embedded by the
-shared trunk (its 1000-d logits layer). Every image yields all 8 (neighbour,
-centre) pairs (i, 4), i in NEIGHBOURS (grid index = row * 3 + col); an example
-is concat(emb_i, emb_centre) and its label the position of i in NEIGHBOURS
-(0..7), so copies = 8 at train and eval. None of Doersch's gap / colour tricks.
+Each source image gives 9 standardised patches (patches.py), embedded by the shared
+trunk and the head's per-patch `embedding` (1000-d in the study). Every image yields
+all 8 (neighbour, centre) pairs (i, 4), i in NEIGHBOURS (grid index = row * 3 + col);
+an example is concat(emb_i, emb_centre) and its label the position of i in NEIGHBOURS
+(0..7), so there are 8 examples per image at train and eval. None of Doersch's gap /
+colour tricks (the study has none).
+
+Settings (config.tasks.relative_patch_location): grid, patch_size, jitter, embed_dim,
+head_hidden, dropout_rate (see configs/relative_patch_location.py).
 """
-import flax
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from ssl_jax import tasks
 from ssl_jax.tasks import common
 from ssl_jax.tasks import heads
 from ssl_jax.tasks import patches as patches_lib
 
-HEAD_WEIGHT_DECAY = heads.HEAD_WEIGHT_DECAY
 CENTRE = 4
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)   # Label k <=> neighbour NEIGHBOURS[k].
 
 
-def copies(config, train):
-  del config, train
-  return len(NEIGHBOURS)
-
-
-def make_pretext_fn(config, train):
-  """(rng, u8[B,S,S,3], labels) -> (patches f32[B, 9, p, p, 3], targets i32[B, 8]).
+def make_pretext(settings):
+  """(rng, batch, *, train) -> ({'image': patches f32[B, 9, p, p, 3]}, targets i32[B, 8]).
 
   targets[b, k] = k; the dataset labels are unused.
   """
-
-  def pretext(rng, images, labels=None):
-    del labels
-    patches = patches_lib.make_pretext_patches(config, rng, images, train)
+  def pretext(rng, batch, *, train):
+    images = batch['image']
+    patches = patches_lib.make_pretext_patches(settings, rng, images, train)
     targets = jnp.broadcast_to(jnp.arange(len(NEIGHBOURS), dtype=jnp.int32),
                                (images.shape[0], len(NEIGHBOURS)))
-    return patches, targets
-
+    return {'image': patches}, targets
   return pretext
 
 
@@ -48,33 +44,32 @@ def pair_embeddings(emb):
   return jnp.concatenate([neighbours, centre], axis=-1)
 
 
-class RelativePatchLocationModel(nn.Module):
-  """patches f32[B, 9, p, p, 3] -> (logits f32[B*8, 8], trunk endpoints)."""
-  model: flax.core.FrozenDict    # config.model (hashable)
-  patches: flax.core.FrozenDict  # config.patches
+class RelativePatchLocationHead(nn.Module):
+  """(endpoints over B*9 patches, inputs, train) -> logits f32[B*8, 8], image-major."""
+  embed_dim: int
+  head_hidden: int
+  dropout_rate: float
+  bn_axis_name: str | None = None
+  dtype: jnp.dtype = jnp.float32
 
-  def setup(self):
-    # The trunk's logits layer (embed_dim wide, linear) is the patch embedding.
-    self.trunk = common.make_trunk(self.model, self.patches['embed_dim'])
-    self.head = heads.make_head(self.model, self.patches, len(NEIGHBOURS))
-
-  def __call__(self, inputs, train):
-    emb, endpoints = heads.embed_patches(self.trunk, inputs, train)
+  @nn.compact
+  def __call__(self, endpoints, inputs, train):
+    n = inputs['image'].shape[1]
+    emb = heads.patch_embeddings(endpoints, n, self.embed_dim, self.dtype)
     x = pair_embeddings(emb)
-    logits = self.head(x.reshape(-1, x.shape[-1]), train=train)
-    return logits, endpoints
+    fc = heads.make_fc({'head_hidden': self.head_hidden, 'dropout_rate': self.dropout_rate},
+                       len(NEIGHBOURS), self.bn_axis_name, self.dtype)
+    return fc(x.reshape(-1, x.shape[-1]), train=train)
 
 
-def make_model(config):
-  return RelativePatchLocationModel(model=flax.core.FrozenDict(config.model),
-                                    patches=flax.core.FrozenDict(config.patches))
-
-
-def metrics_fn(outputs, targets):
-  """Per-example loss/accuracy (and top5), image-major: f32[B * 8]."""
-  return common.classification_metrics(outputs, targets.reshape(-1))
-
-
-def validate_config(config):
-  """ValueError for an impossible patch geometry (called by config_lib.validate)."""
-  patches_lib.validate_config(config)
+@tasks.register('relative_patch_location')
+def build(config):
+  s = tasks.settings(config, 'relative_patch_location')
+  head = RelativePatchLocationHead(
+      embed_dim=s.embed_dim, head_hidden=s.head_hidden, dropout_rate=s.dropout_rate,
+      bn_axis_name=common.bn_axis(config), dtype=common.compute_dtype(config))
+  return tasks.Task(
+      name='relative_patch_location', settings=s, num_views=1, pretext=make_pretext(s),
+      head=head, loss=common.classification_loss,
+      eval_input=patches_lib.eval_input(s), weight_decay=heads.WEIGHT_DECAY,
+      validate=lambda c: patches_lib.validate_settings(c, 'relative_patch_location'))

@@ -1,21 +1,24 @@
 """Rotation prediction (Gidaris et al. 2018), as in the revisiting study.
 
 Every source image yields its four rotations, 0, 90, 180 and 270 degrees
-counter-clockwise (label k <=> np.rot90(image, k)), all in the same batch, so
-the four copies share one BatchNorm batch as in the study. The classifier is
-the trunk's own logits layer with 4 outputs.
+counter-clockwise (label k <=> np.rot90(image, k)), all in the same batch, so the
+four copies share one BatchNorm batch as in the study. The classifier is a Dense
+layer with 4 outputs on pre-logits (the study's trunk logits layer: Glorot-uniform
+kernel, zero bias). Exact rotations: no interpolation.
+
+Settings (config.tasks.rotation):
+  rotations  'all': the four rotations of every image (the study, Gidaris);
+             'random_one': one random rotation per image (VISSL). Evaluation
+             always scores all four.
 """
-import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from ssl_jax import tasks
 from ssl_jax.tasks import common
 
 NUM_ROTATIONS = 4
-
-
-def copies(config, train):
-  del config, train
-  return NUM_ROTATIONS
+MODES = ('all', 'random_one')
 
 
 def rotate4(images):
@@ -36,32 +39,36 @@ def rotate4(images):
   return stacked.reshape((b * NUM_ROTATIONS,) + images.shape[1:]), labels
 
 
-def make_pretext_fn(config, train):
-  """(rng, u8[B,H,W,3], labels) -> (f32[4B,H,W,3] in [-1,1], i32[4B] rotation labels)."""
-  del config, train  # The rotation stage is deterministic; augmentation is upstream.
+def make_pretext(mode):
+  """(rng, batch, *, train) -> ({'image': f32[B, n, H, W, C] in [-1, 1]}, i32[B, n]).
 
-  def pretext(rng, images, labels=None):
-    del rng, labels
-    rotated, rot_labels = rotate4(images)
-    return common.to_minus_one_one(rotated), rot_labels
-
+  n = 4 (every rotation) or, for mode 'random_one' at training, 1 (a random one).
+  """
+  def pretext(rng, batch, *, train):
+    images = batch['image']
+    b = images.shape[0]
+    rotated, labels = rotate4(images)
+    rotated = rotated.reshape((b, NUM_ROTATIONS) + images.shape[1:])
+    labels = labels.reshape(b, NUM_ROTATIONS)
+    if train and mode == 'random_one':
+      k = jax.random.randint(rng, (b,), 0, NUM_ROTATIONS)
+      rotated = jnp.take_along_axis(rotated, k[:, None, None, None, None], axis=1)
+      labels = k[:, None].astype(jnp.int32)
+    return {'image': common.to_minus_one_one(rotated)}, labels
   return pretext
 
 
-class RotationModel(nn.Module):
-  """The trunk with a 4-way logits layer; outputs f32[N, 4]."""
-  config: dict
+@tasks.register('rotation')
+def build(config):
+  s = tasks.settings(config, 'rotation')
 
-  def setup(self):
-    self.trunk = common.make_trunk(self.config['model'], NUM_ROTATIONS)
+  def validate(config):
+    if s.rotations not in MODES:
+      raise ValueError(f'config.tasks.rotation.rotations={s.rotations!r}; allowed: '
+                       f'{list(MODES)}')
 
-  def __call__(self, x, train):
-    return self.trunk(x, train=train)
-
-
-def make_model(config):
-  return RotationModel(config={'model': dict(config.model)})
-
-
-def metrics_fn(outputs, targets):
-  return common.classification_metrics(outputs, targets)
+  return tasks.Task(
+      name='rotation', settings=s, num_views=1, pretext=make_pretext(s.rotations),
+      head=common.LinearHead(NUM_ROTATIONS, dtype=common.compute_dtype(config)),
+      loss=common.classification_loss,
+      eval_input=tasks.EvalInput('rgb', common.rgb_eval_fn), validate=validate)

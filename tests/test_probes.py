@@ -1,0 +1,254 @@
+"""Linear probes on cached features: the L-BFGS solver against scikit-learn and numpy,
+its L2 path, and the SGD probe's lr set from the features' scale."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from ssl_jax.evaluation import linear
+from ssl_jax.evaluation import solvers
+
+
+def _problem(seed, n, dim=30, num_classes=4):
+  """Features with unequal scales and offsets; labels from a noisy linear model."""
+  rng = np.random.RandomState(seed)
+  scale = np.random.RandomState(99).uniform(0.1, 10.0, dim)
+  offset = np.random.RandomState(98).randn(dim) * 5.0
+  w = np.random.RandomState(97).randn(dim, num_classes)
+  z = rng.randn(n, dim)
+  y = np.argmax(z @ w / 2.0 + rng.gumbel(size=(n, num_classes)), 1).astype(np.int32)
+  return (z * scale + offset).astype(np.float32), y
+
+
+def _softmax(z):
+  z = z - z.max(1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(1, keepdims=True)
+
+
+def test_lbfgs_probe_matches_scikit_learn():
+  """Same standardised features, L2 = 1 / (C N): same probabilities, same choice of L2
+  on the validation split, test accuracy within 1 point (here: equal)."""
+  x, y = _problem(0, 500)
+  xv, yv = _problem(1, 300)
+  xt, yt = _problem(2, 300)
+  n = len(y)
+  wds = (1e-1, 1e-2, 1e-3, 1e-4)
+  res = solvers.train_lbfgs({'a': jnp.asarray(x)}, y, {'a': jnp.asarray(xv)}, yv,
+                            num_classes=4, iters=500,
+                            cfg=dict(weight_decays=wds, standardize=True, tol=1e-5))
+  info = res['solver_info']['a']
+  assert all(i['converged'] for i in info) and res['stopped_early']
+  scaler = StandardScaler().fit(x)
+  ref_val = {}
+  for wd, i in zip(wds, info):
+    clf = LogisticRegression(C=1.0 / (n * wd), tol=1e-10, max_iter=10_000)
+    clf.fit(scaler.transform(x), y)
+    ref = clf.predict_proba(scaler.transform(xv))
+    ref_val[wd] = np.mean(clf.predict(scaler.transform(xv)) == yv)
+    theta = np.asarray(solvers.fit_path(jnp.asarray(x), y, [wd], num_classes=4,
+                                        stats=res['stats']['a'], tol=1e-5)[0][0])
+    ours = _softmax(scaler.transform(xv) @ theta[:-1] + theta[-1])
+    np.testing.assert_allclose(ours, ref, atol=2e-3)
+    assert i['iters'] == res['selected']['a']['grid'][wds.index(wd)]['epoch']
+  sel = res['selected']['a']
+  best = max(ref_val.values())
+  assert ref_val[sel['weight_decay']] == best
+  assert abs(sel['val_top1'] - best) < 1e-6
+  clf = LogisticRegression(C=1.0 / (n * sel['weight_decay']), tol=1e-10, max_iter=10_000)
+  clf.fit(scaler.transform(x), y)
+  ref_test = np.mean(clf.predict(scaler.transform(xt)) == yt)
+  scores, count = linear.score_cached(res['selected'], {'a': jnp.asarray(xt)}, yt,
+                                      kind='linear', stats=res['stats'])
+  assert count == 300 and abs(scores['a']['top1'] - ref_test) <= 0.01
+
+
+def test_objective_is_the_regularised_mean_cross_entropy():
+  """One blocked read (the last block shifted and masked) against numpy, raw features
+  with the standardisation folded into the weights."""
+  x, y = _problem(3, 203, dim=17, num_classes=5)
+  rng = np.random.RandomState(4)
+  theta = rng.randn(18, 5).astype(np.float32) * 0.3
+  mean, inv_std = x.mean(0), 1.0 / x.std(0)
+  xs = (x - mean) * inv_std
+  p = _softmax(xs.astype(np.float64) @ theta[:-1] + theta[-1])
+  wd = 0.03
+  ref_f = -np.mean(np.log(p[np.arange(203), y])) + 0.5 * wd * np.sum(theta[:-1] ** 2)
+  dlogits = (p - np.eye(5)[y]) / 203
+  ref_g = np.concatenate([xs.T @ dlogits + wd * theta[:-1], dlogits.sum(0)[None]])
+  for block in (16, 50, 203, 1000):
+    f, g = solvers.objective(jnp.asarray(x), jnp.asarray(y), jnp.asarray(theta),
+                             jnp.asarray(mean), jnp.asarray(inv_std), wd, block=block)
+    np.testing.assert_allclose(float(f), ref_f, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g), ref_g, atol=2e-6)
+  # Preconditioned: theta' = (V', c) stands for V = P V'; the gradient is P grad_V.
+  u, _ = np.linalg.qr(rng.randn(17, 3))
+  c = np.array([-0.9, -0.5, 0.4])
+  p = np.eye(17) + u @ np.diag(c) @ u.T
+  v_prime = np.linalg.solve(p, theta[:-1])
+  f, g = solvers.objective(
+      jnp.asarray(x), jnp.asarray(y),
+      jnp.asarray(np.concatenate([v_prime, theta[-1:]]), jnp.float32), jnp.asarray(mean),
+      jnp.asarray(inv_std), wd, block=64,
+      precond=(jnp.asarray(u, jnp.float32), jnp.asarray(c, jnp.float32)))
+  np.testing.assert_allclose(float(f), ref_f, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(g)[:-1], p @ ref_g[:-1], atol=5e-6)
+  np.testing.assert_allclose(np.asarray(g)[-1], ref_g[-1], atol=2e-6)
+
+
+def test_direction_is_the_bfgs_inverse_hessian_and_shifts_along_the_l2_path():
+  """The compact L-BFGS product equals the explicit BFGS recursion from gamma * I;
+  `shift_memory` equals the memory of the pairs (s, y + dwd * s on kernel rows)."""
+  rng = np.random.RandomState(5)
+  shape = (6, 3)  # 5 kernel rows + the bias row
+  a = rng.randn(18, 18)
+  hess = a @ a.T + np.eye(18)
+  pairs = [(s, (hess @ s.reshape(-1)).reshape(shape)) for s in rng.randn(3, *shape)]
+
+  def memory(pairs):
+    mem = solvers.empty_memory(jnp.zeros(shape), history=5)  # partly filled
+    for s, y in pairs:
+      mem = solvers._push(mem, jnp.asarray(s, jnp.float32), jnp.asarray(y, jnp.float32))
+    return mem
+
+  def bfgs_direction(pairs, g):
+    s, y = (v.reshape(-1) for v in pairs[-1])
+    h = np.eye(18) * (s @ y) / (y @ y)
+    for s, y in pairs:
+      s, y = s.reshape(-1), y.reshape(-1)
+      rho = 1.0 / (s @ y)
+      v = np.eye(18) - rho * np.outer(y, s)
+      h = v.T @ h @ v + rho * np.outer(s, s)
+    return -(h @ g.reshape(-1)).reshape(shape)
+
+  g = rng.randn(*shape)
+  d = solvers._direction(jnp.asarray(g, jnp.float32), memory(pairs))
+  np.testing.assert_allclose(np.asarray(d), bfgs_direction(pairs, g), rtol=1e-4, atol=1e-6)
+  dwd = 0.7
+  mask = (np.arange(6) < 5)[:, None]
+  shifted = [(s, y + dwd * s * mask) for s, y in pairs]
+  d = solvers._direction(jnp.asarray(g, jnp.float32),
+                         solvers.shift_memory(memory(pairs), jnp.float32(dwd)))
+  np.testing.assert_allclose(np.asarray(d), bfgs_direction(shifted, g), rtol=1e-4, atol=1e-6)
+  # An empty memory is steepest descent.
+  d = solvers._direction(jnp.asarray(g, jnp.float32), solvers.empty_memory(jnp.zeros(shape)))
+  np.testing.assert_allclose(np.asarray(d), -g, rtol=1e-6)
+
+
+def test_each_l2_point_stops_on_its_own_criterion():
+  """Along the path (largest wd first) each point runs until its own gradient tolerance
+  or its own cap: a capped point neither paces nor blocks the others. wd = 0 on
+  separable features stops once the loss and its gradient vanish below tol."""
+  rng = np.random.RandomState(6)
+  x = rng.randn(200, 100).astype(np.float32)
+  y = rng.randint(0, 3, 200).astype(np.int32)  # 100 dims, 200 points: separable
+  stats = linear.feature_stats({'a': jnp.asarray(x)})['a']
+  kw = dict(num_classes=3, stats=stats, tol=1e-5, max_iters=40, precond_rank=0)
+  thetas, infos = solvers.fit_path(jnp.asarray(x), y, [0.0, 1e-1, 3e-4], **kw)
+  assert [i['weight_decay'] for i in infos] == [0.0, 1e-1, 3e-4]
+  by_wd = {i['weight_decay']: i for i in infos}
+  assert by_wd[1e-1]['converged'] and by_wd[1e-1]['iters'] < 40
+  assert by_wd[3e-4]['iters'] == 40 and not by_wd[3e-4]['converged']  # the hard one
+  assert by_wd[0.0]['converged'] and by_wd[0.0]['value'] < 1e-3       # after it
+  for i in infos:
+    assert i['converged'] == (i['grad_max'] <= 1e-5)
+    assert i['evals'] >= i['iters'] + 1
+  alone, info = solvers.fit_path(jnp.asarray(x), y, [1e-1], **kw)
+  assert info[0]['iters'] == by_wd[1e-1]['iters']
+  np.testing.assert_allclose(np.asarray(thetas[1]), np.asarray(alone[0]), atol=1e-6)
+
+
+def _factor_features(seed, n, dim=1000, num_classes=4):
+  """Dims driven by 8 shared factors (as CNN features: a large top eigenvalue)."""
+  rng = np.random.RandomState(seed)
+  f = rng.randn(n, 8)
+  load = np.random.RandomState(1).randn(8, dim)
+  w = np.random.RandomState(2).randn(8, num_classes)
+  y = np.argmax(f @ w + rng.gumbel(size=(n, num_classes)), 1).astype(np.int32)
+  return (f @ load + rng.randn(n, dim)).astype(np.float32), y
+
+
+def test_lr_from_the_features_scale():
+  """lr_factors' lambda_max and trace against numpy's eigvalsh of E[z z']."""
+  x, _ = _factor_features(3, 256, dim=300)
+  stats = linear.feature_stats({'a': jnp.asarray(x)})
+  factors, spectra = linear.lr_factors({'a': jnp.asarray(x)}, stats, batch_size=32)
+  mean, inv_std = (np.asarray(v) for v in stats['a'])
+  z = np.concatenate([(x - mean) * inv_std, np.ones((256, 1))], 1).astype(np.float64)
+  eig = np.linalg.eigvalsh(z.T @ z / 256)
+  lam, tr = spectra['a']
+  np.testing.assert_allclose(lam, eig[-1], rtol=1e-3)
+  np.testing.assert_allclose(tr, np.sum(eig), rtol=1e-4)
+  assert factors['a'] == pytest.approx(2.0 / (eig[-1] + np.sum(eig) / 32), rel=1e-3)
+
+
+def test_spectral_preconditioner_flattens_the_top_of_the_spectrum():
+  """Top eigenpairs against numpy's eigh of the standardised covariance; P S P has the
+  r-th eigenvalue on top; the L-BFGS optimum is the same with and without P."""
+  x, y = _factor_features(4, 300, dim=120)
+  stats = linear.feature_stats({'a': jnp.asarray(x)})['a']
+  (u, c), lam = solvers.spectral_preconditioner(jnp.asarray(x), stats, rank=8, rows=300,
+                                                iters=4)
+  mean, inv_std = (np.asarray(v, np.float64) for v in stats)
+  z = (x - mean) * inv_std
+  cov = z.T @ z / 300
+  eig = np.linalg.eigvalsh(cov)[::-1]
+  np.testing.assert_allclose(np.asarray(lam), eig[:8], rtol=1e-3)
+  u = np.asarray(u, np.float64)
+  np.testing.assert_allclose(u.T @ u, np.eye(8), atol=1e-5)
+  p = np.eye(120) + u @ np.diag(np.asarray(c, np.float64)) @ u.T
+  flat = np.linalg.eigvalsh(p @ cov @ p)[::-1]
+  assert flat[0] == pytest.approx(max(eig[7], eig[8]), rel=1e-2)
+  kw = dict(num_classes=4, stats=stats, tol=1e-5)
+  with_p, info_p = solvers.fit_path(jnp.asarray(x), y, [1e-3], precond_rank=16, **kw)
+  without, info = solvers.fit_path(jnp.asarray(x), y, [1e-3], precond_rank=0, **kw)
+  assert info_p[0]['converged'] and info[0]['converged']
+  assert info_p[0]['iters'] < info[0]['iters']
+  assert info_p[0]['value'] == pytest.approx(info[0]['value'], rel=1e-5)
+  probs = [_softmax(z @ np.asarray(t[0, :-1], np.float64) + np.asarray(t[0, -1]))
+           for t in (with_p, without)]
+  np.testing.assert_allclose(probs[0], probs[1], atol=2e-3)
+
+
+def test_sgd_with_the_features_lr_decreases_where_the_study_lr_oscillates():
+  """1,000 standardised correlated dims, batch 128: the study's lr (base 1.0 x 128/256
+  here; 0.1 on 6,400 dims in the issue) jumps above the zero head's loss ln(4); the lr
+  from the features' scale decreases the loss at every epoch."""
+  x, y = _factor_features(0, 512)
+  xv, yv = _factor_features(1, 128)
+  feats, val = {'a': jnp.asarray(x)}, {'a': jnp.asarray(xv)}
+  cfg = dict(epochs=6, batch_size=128, base_lrs=(1.0,), weight_decays=(1e-3,),
+             eval_every=1, standardize=True, schedule='constant')
+  ours = linear.train_cached(feats, y, val, yv, num_classes=4,
+                             cfg=dict(cfg, lr_scaling='features'))
+  losses = [h['train_loss/a'] for h in ours['history']]
+  assert all(b < a for a, b in zip(losses, losses[1:])), losses
+  assert losses[0] < np.log(4)
+  lam, tr = ours['spectra']['a']
+  assert float(ours['lr']['a'][0]) == pytest.approx(2.0 / (lam + tr / 128), rel=1e-5)
+  study = linear.train_cached(feats, y, val, yv, num_classes=4, cfg=cfg)
+  assert max(h['train_loss/a'] for h in study['history'][1:]) > np.log(4)
+
+
+def test_lbfgs_objective_decreases_at_every_iteration():
+  x, y = _factor_features(2, 400, dim=300)
+  stats = linear.feature_stats({'a': jnp.asarray(x)})['a']
+  _, infos = solvers.fit_path(jnp.asarray(x), y, [1e-2, 1e-4], num_classes=4,
+                              stats=stats, tol=1e-5)
+  for i in infos:
+    v = np.asarray(i['values'])
+    assert i['converged'] and len(v) == i['iters'] + 1
+    assert np.all(np.diff(v) <= 1e-6 * v[:-1]), v  # float32 ties at the optimum
+
+
+def test_probe_config_errors_name_the_key():
+  with pytest.raises(ValueError, match='lr_scaling'):
+    linear.make_config(dict(lr_scaling='auto'))
+  with pytest.raises(ValueError, match='lr_scaling'):
+    linear.make_config(dict(lr_scaling='features', head='mlp'))
+  with pytest.raises(ValueError, match='tol'):
+    linear.make_config(dict(tol=0.0))
+  with pytest.raises(ValueError, match='weight_decays'):
+    solvers.fit_path(jnp.zeros((4, 2)), np.zeros(4, np.int32), [-1.0], num_classes=2)
