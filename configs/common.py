@@ -53,6 +53,7 @@ def get_config():
       name='resnet50_v2', width=4, dtype='float32', patch_strides=False,
       small_input=False, last_relu=True,
       cross_device_bn=False,    # False = the study's per-device (per TPU core) BN statistics
+      output_stride=0,          # 0: the model's own; 8 / 16: dilated last stages (dense heads)
   ))
   c.data = data_config('cifar10')
 

@@ -63,7 +63,7 @@ def base_config():
 
   c.eval = ml_collections.ConfigDict(dict(
       mode='cached',             # 'cached' (features extracted once) or 'faithful'
-      solver='lbfgs',            # cached only: 'lbfgs', 'sgd' or 'ridge' (faithful: 'sgd')
+      solver='lbfgs',            # cached: 'lbfgs', 'sgd' or 'ridge'; faithful: 'sgd'
       endpoints='',              # comma-separated subset; '' = all but logits
       pool_mode='max',           # pooling.MODES; 'max' = the study's VALID rule
       target_dims=9000,
@@ -81,7 +81,7 @@ def base_config():
       batch_size=512, epochs=500, base_lrs=(0.1,),
       # The L2 grid (per example). wd = 0 has no finite optimum on separable features:
       # L-BFGS stops it when the loss's gradient vanishes below tol, or at lbfgs_iters.
-      weight_decays=(1e-2, 1e-3, 1e-4),
+      weight_decays=(1e-1, 1e-2, 1e-3, 1e-4),
       momentum=0.9, nesterov=False, schedule='step', decay_epochs=(300.0, 400.0),
       decay_factor=0.1, max_decays=2, eval_every=10, patience=-1, standardize=True,
       seed=0, eval_batch_size=1024,
@@ -121,9 +121,9 @@ def get_config(preset='cifar10'):
     # L-BFGS: the L2 grid. SGD (solver='sgd'): base lrs in units of the features'
     # inverse curvature (lr_scaling='features'), the same L2 grid, plateau decays.
     c.train.update(batch_size=512, epochs=500, base_lrs=(0.3, 1.0),
-                   weight_decays=(1e-2, 1e-3, 1e-4), schedule='plateau', eval_every=10,
-                   patience=30, max_decays=2, standardize=True, lr_scaling='features',
-                   tol=1e-4, precond_rank=128)
+                   weight_decays=(1e-1, 1e-2, 1e-3, 1e-4), schedule='plateau',
+                   eval_every=10, patience=30, max_decays=2, standardize=True,
+                   lr_scaling='features', tol=1e-4, precond_rank=128)
     c.mlp.enabled = True
     c.lowshot.enabled = True
     if preset == 'cifar10_cpu':

@@ -140,6 +140,18 @@ def num_examples(config, split_name: str) -> int:
   return _make_source(config, split_name, shard_by_process=False).num_examples
 
 
+def num_classes(config) -> Optional[int]:
+  """Classes of the dataset's label feature (TFDS metadata), or None if unknown.
+
+  The classic ImageNet TFRecords have 1,000 (labels 1..1000 on disk, 0..999 here).
+  """
+  if config.data.name == TFRECORDS_NAME:
+    return 1000
+  source = _make_source(config, 'train', shard_by_process=False)
+  label = source._builder.info.features['label']  # pylint: disable=protected-access
+  return getattr(label, 'num_classes', None)
+
+
 def check_dataset(config) -> Dict[str, int]:
   """Checks that the three splits exist; returns {'train'|'val'|'test': size}.
 

@@ -2,13 +2,29 @@
 
 Each error names the key, the value and what is allowed.
 """
+import contextlib
+
 JOBS = ('pretext', 'linear_eval')
 SOURCES = ('tfds', 'in_memory', 'synthetic')
 DTYPES = ('float32', 'bfloat16')
 
 
 class ConfigError(ValueError):
-  """A config value that cannot work."""
+  """A config value that cannot work (or a missing dataset, split or checkpoint):
+  raised before anything compiles; ssl_jax.main prints it as one line."""
+
+
+@contextlib.contextmanager
+def startup_errors():
+  """Turns the errors of a job's start-up (bad values, missing data or checkpoints)
+  into ConfigError, whose message is the one line the user sees."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except (ValueError, OSError, KeyError) as e:
+    message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    raise ConfigError(message.strip()) from e
 
 
 def _allowed(key, value, allowed):
@@ -22,6 +38,47 @@ def _positive(key, value, allow_minus_one=False):
   if not value > 0:
     extra = ' (or -1 for the default)' if allow_minus_one else ''
     raise ConfigError(f'config.{key}={value!r} must be > 0{extra}')
+
+
+def _get(config, key):
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return node
+
+
+def check_sizes(config, keys, *, error=None):
+  """Every size-like value is an integer within its bounds (ConfigError naming it).
+
+  Args:
+    config: a ConfigDict.
+    keys: {dotted key: (minimum, allowed special values)}, e.g. {'batch_size': (1, ())}
+      or {'max_eval_batches': (1, (-1,))}; keys absent from the config are skipped.
+    error: exception class (default ConfigError).
+  """
+  error = error or ConfigError
+  for key, (minimum, special) in keys.items():
+    try:
+      value = _get(config, key)
+    except (KeyError, AttributeError):
+      continue
+    if value in special and not isinstance(value, bool):
+      continue
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+      also = f' (or {", ".join(map(str, special))})' if special else ''
+      raise error(f'config.{key}={value!r} must be an integer >= {minimum}{also}')
+
+
+# Size-like values of a pretext config: key -> (minimum, allowed special values).
+PRETEXT_SIZES = {
+    'batch_size': (1, ()), 'eval_batch_size': (1, ()), 'model.width': (1, ()),
+    'data.image_size': (1, ()), 'data.num_classes': (1, ()),
+    'data.synthetic_examples': (1, ()), 'input.shuffle_buffer': (1, ()),
+    'input.prefetch': (0, ()), 'total_steps': (1, (-1,)), 'steps_per_epoch': (1, (-1,)),
+    'log_every_steps': (1, ()), 'checkpoint_every_steps': (1, ()), 'max_to_keep': (1, ()),
+    'eval_every_steps': (1, (-1,)), 'max_eval_batches': (1, (-1,)),
+    'precise_bn_batches': (0, ()), 'seed': (0, ()), 'model.output_stride': (0, ()),
+}
 
 
 def validate(config, num_devices=None):
@@ -52,8 +109,7 @@ def validate(config, num_devices=None):
         'config.input.pretext_on_device=False is allowed only with '
         f"data.source='tfds', not {config.data.source!r}: in-memory data is already on the "
         'device, so its pretext stage runs there')
-  for key in ('batch_size', 'eval_batch_size'):
-    _positive(key, config[key])
+  check_sizes(config, PRETEXT_SIZES)
   if num_devices is None:
     import jax  # pylint: disable=g-import-not-at-top
     num_devices = jax.device_count()
@@ -128,3 +184,51 @@ def _validate_preprocessing(config):
         f"{shapes['pp_eval']} (from {size}-px images); the model needs one shape: end both "
         'with ops of the same output size')
 
+
+
+def _trunk_builds(name, size, channels, model_config):
+  """Whether trunk `name` (width 1) maps a size x size input to non-empty endpoints."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ssl_jax import models  # pylint: disable=g-import-not-at-top
+  m = dict(model_config)
+  trunk = models.create_model(name, num_classes=0, width=1, patch_strides=m['patch_strides'],
+                              small_input=m['small_input'], last_relu=m['last_relu'],
+                              **models.extra_options(m))
+  x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+  try:
+    variables = jax.eval_shape(lambda x: trunk.init(jax.random.key(0), x, train=False), x)
+    _, eps = jax.eval_shape(lambda v, x: trunk.apply(v, x, train=False), variables, x)
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return all(all(d > 0 for d in e.shape) for e in eps.values())
+
+
+def check_model_input(config, task):
+  """ConfigError when the trunk cannot take the task's inputs, naming the smallest size.
+
+  The trunk input comes from the preprocessing string's output (data.image_size
+  images) through the task's pretext stage (e.g. 12-px patches of a 48-px crop).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from ssl_jax import train  # pylint: disable=g-import-not-at-top
+  from ssl_jax.data import ops  # pylint: disable=g-import-not-at-top
+  size = config.data.image_size
+  shape = ops.output_shape(config.input.pp_train or 'decode', (size, size, 3), train=True)
+  x = jax.eval_shape(lambda: task.pretext(jax.random.key(0), train.dummy_batch(shape, 1),
+                                          train=True)[0]['image'])
+  h, w, c = x.shape[-3:]
+  m = config.model
+  if _trunk_builds(m.name, min(h, w), c, m.to_dict()):
+    return
+  lo, hi = min(h, w), 4096
+  if not _trunk_builds(m.name, hi, c, m.to_dict()):
+    raise ConfigError(f'config.model.name={m.name!r} cannot be built for {h}x{w}x{c} '
+                      'inputs (nor larger ones): check the model options')
+  while hi - lo > 1:  # The smallest size that works, by bisection (shapes only).
+    mid = (lo + hi) // 2
+    lo, hi = (lo, mid) if _trunk_builds(m.name, mid, c, m.to_dict()) else (mid, hi)
+  raise ConfigError(
+      f'config.model.name={m.name!r} cannot take the {h}x{w} trunk inputs of task '
+      f'{config.task!r} (config.input.pp_train={config.input.pp_train!r} on '
+      f'{size}-px images): the smallest input size it takes is {hi}x{hi}')

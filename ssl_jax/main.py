@@ -7,7 +7,11 @@ r"""Entry point: pretext training (then optionally linear evaluation), or linear
 Any config value can be overridden: `--config.model.width=8`. Running the same
 command on an existing workdir resumes from its latest checkpoint.
 """
+import difflib
+import importlib.util
+import logging as logging_lib
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -28,29 +32,115 @@ def linear_eval_config(preset, pretrained):
   return c
 
 
+def _load_config_file(spec):
+  """get_config(preset) of a --config FILE[:PRESET] spec (as config_flags loads it)."""
+  path, _, preset = spec.partition(':')
+  if not os.path.isfile(path):
+    raise ValueError(f'no config file {path!r}')
+  module_spec = importlib.util.spec_from_file_location('_ssl_jax_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(preset) if preset else module.get_config()
+
+
+def config_argument_error(argv):
+  """One line naming a bad --config file / preset or an override of a missing key, or None.
+
+  Checked before absl parses the flags: ml_collections reports an unknown override
+  key with a long traceback; here it is one line naming the key and the closest ones.
+  """
+  spec, overrides = None, []
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg.startswith('--config='):
+      spec = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(args):
+      spec = args[i + 1]
+    elif arg.startswith('--config.'):
+      overrides.append(arg[len('--config.'):].split('=', 1)[0])
+  if spec is None:
+    return None
+  try:
+    config = _load_config_file(spec)
+  except ValueError as e:
+    return f'--config={spec}: {e}'
+  for key in overrides:
+    node, walked = config, []
+    for part in key.split('.'):
+      keys = list(node.keys()) if hasattr(node, 'keys') else []
+      if part not in keys:
+        where = '.'.join(['config'] + walked)
+        close = difflib.get_close_matches(part, keys, n=3, cutoff=0.5)
+        hint = (f"closest: {', '.join(f'{where}.{c}' for c in close)}" if close else
+                f"{where} has: {', '.join(sorted(keys)) or 'no keys (not a section)'}")
+        return f'--config.{key}: {where} has no key {part!r}; {hint}'
+      node = node[part]
+      walked.append(part)
+  return None
+
+
+class _QuietLibraries(logging_lib.Filter):
+  """Drops the INFO chatter of orbax (dozens of lines per checkpoint) and TFDS from the
+  console; their warnings and errors still show."""
+  NOISY = ('/orbax/', '/tensorflow_datasets/')
+
+  def filter(self, record):
+    return record.levelno >= logging_lib.WARNING or not any(
+        n in record.pathname for n in self.NOISY)
+
+
 def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
+  try:
+    code = _run_job(config, workdir)
+  except config_lib.ConfigError as e:
+    # A bad value, missing data / checkpoint, foreign or unwritable workdir: found
+    # before anything compiled or was written; one line, no traceback.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if code:
+    sys.exit(code)
+
+
+def _run_job(config, workdir):
+  """Runs the job; returns the exit status (143 after a SIGTERM, as preempted jobs do)."""
+  from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
   if config.get('job', 'pretext') == 'linear_eval':
     from ssl_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
     linear_eval.run(config, workdir)
-    return
-  from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
+    return 0
   from ssl_jax import parallel  # pylint: disable=g-import-not-at-top
   from ssl_jax import train  # pylint: disable=g-import-not-at-top
   parallel.maybe_initialize_distributed(config)
-  config_lib.validate(config)
-  if config.run_linear_eval:
-    # Built now so a bad preset fails before hours of pretext training.
-    le_config = linear_eval_config(config.linear_eval_preset, workdir)
-  train.train_and_evaluate(config, workdir)
+  with config_lib.startup_errors():
+    config_lib.validate(config)
+    if config.run_linear_eval:
+      # Built now so a bad preset fails before hours of pretext training.
+      le_config = linear_eval_config(config.linear_eval_preset, workdir)
+      from ssl_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
+      linear_eval.validate(le_config)
+  out = train.train_and_evaluate(config, workdir)
+  if out.get('preempted'):
+    return 128 + 15
   if config.run_linear_eval:
     from ssl_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
     logging.info('pretext training done; linear evaluation of every layer')
     linear_eval.run(le_config, os.path.join(workdir, 'linear_eval'))
+  return 0
+
+
+def run():
+  error = config_argument_error(sys.argv)
+  if error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(2)
+  app.run(main)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  run()

@@ -18,6 +18,8 @@ import functools
 import itertools
 import math
 import os
+import signal
+import threading
 import time
 
 from absl import logging
@@ -25,10 +27,9 @@ import flax
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+import flax.linen as nn
 import numpy as np
 import optax
-
-import flax.linen as nn
 
 from ssl_jax import checkpoint
 from ssl_jax import config_lib
@@ -74,7 +75,8 @@ class PretextModel(nn.Module):
     self.trunk = models.create_model(
         m['name'], num_classes=0, width=m['width'], dtype=m['dtype'],
         patch_strides=m['patch_strides'], small_input=m['small_input'],
-        last_relu=m['last_relu'], bn_axis_name=AXIS if m['cross_device_bn'] else None)
+        last_relu=m['last_relu'], bn_axis_name=AXIS if m['cross_device_bn'] else None,
+        **models.extra_options(m))
     self.heads = HeadSet(self.specs)
 
   def __call__(self, inputs, train):
@@ -366,20 +368,25 @@ def train_and_evaluate(config, workdir, arrays=None):
     training means `train_history` (one dict per log step).
   """
   # --- Setup --------------------------------------------------------------------
+  # Every bad value, missing dataset / split, unwritable or foreign workdir is one
+  # ConfigError here, before anything compiles and before anything is written.
   parallel.maybe_initialize_distributed(config)
-  config_lib.validate(config)
-  task = tasks.get_task(config.task, config)
+  with config_lib.startup_errors():
+    config_lib.validate(config)
+    task = tasks.get_task(config.task, config)
+    checkpoint.check_resume(workdir, config)
+    checkpoint.check_writable(workdir)
+    source = sources.make_source(config, arrays, splits=('train', 'val'))
+    if isinstance(source, sources.TfdsSource):
+      source.check()
+    sources.check_labels(config, source)
+    config_lib.check_model_input(config, task)
   mesh = parallel.make_mesh()
   is_chief = jax.process_index() == 0
-  if is_chief:
-    checkpoint.write_config(workdir, config)
   logging.info('devices: %d (%d local), processes: %d, backend: %s', jax.device_count(),
                jax.local_device_count(), jax.process_count(), jax.default_backend())
 
   # --- Data: the source and the placement of the pretext stage, chosen once -------
-  source = sources.make_source(config, arrays, splits=('train', 'val'))
-  if isinstance(source, sources.TfdsSource):
-    source.check()  # Missing dataset or split: one clear error, before any compile.
   num_train = source.num_examples('train')
   steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0
                      else max(num_train // config.batch_size, 1))
@@ -418,12 +425,15 @@ def train_and_evaluate(config, workdir, arrays=None):
 
   # --- Checkpoints: resume --------------------------------------------------------
   manager = checkpoint.make_manager(workdir, config.max_to_keep)
-  restored = checkpoint.restore_latest(manager, checkpoint.abstract_of(state))
+  with config_lib.startup_errors():
+    restored = checkpoint.restore_latest(manager, checkpoint.abstract_of(state))
   if restored is not None:
     state = restored
   start_step = int(jax.device_get(state['step']))
   if start_step:
     logging.info('resumed from step %d', start_step)
+  if is_chief:  # Only now: a failed start never rewrites the workdir's config.
+    checkpoint.write_config(workdir, config)
   train_batches = source.device_train_batches(
       'train', config.batch_size, seed=config.seed, start_step=start_step, mesh=mesh,
       host_fn=host_train)
@@ -455,8 +465,7 @@ def train_and_evaluate(config, workdir, arrays=None):
         scalars = {f'val_{k}': v for k, v in result.items()}
         scalars.update({f'val_ema_{k}': v for k, v in ema.items() if k != 'num_examples'})
         result = dict(result, ema=ema)
-    writer.write_scalars(step, scalars)
-    logging.info('step %d held-out: %s', step, result)
+    writer.write_scalars(step, scalars)  # (its logging writer prints the line)
     return result
 
   def check_finite(pending):
@@ -470,6 +479,14 @@ def train_and_evaluate(config, workdir, arrays=None):
   pending, last_eval, history = [], {}, []
   t0, images_since = time.time(), 0
   step = start_step
+  preempted = False
+  # SIGTERM (preemption): finish the step in flight, save it, stop (no exception can
+  # land inside orbax: the handler only sets a flag the loop reads). Several
+  # processes agree through JAX's preemption sync point (reached_preemption), which
+  # jax.distributed arms for SIGTERM: no handler of ours then.
+  terminate = []
+  restore_sigterm = (_flag_on_sigterm(terminate) if jax.process_count() == 1
+                     else (lambda: None))
   try:
     for step in range(start_step + 1, total_steps + 1):
       # Inside the step every host-device copy must be explicit: an implicit one
@@ -503,9 +520,25 @@ def train_and_evaluate(config, workdir, arrays=None):
       if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0
           ) or step == total_steps:
         last_eval = run_eval(step)
+      if terminate or manager.reached_preemption(step):
+        check_finite(pending)
+        if manager.latest_step() != step:
+          checkpoint.save(manager, step, state, checkpoint.meta(config, step))
+        logging.warning('preempted (SIGTERM) at step %d: checkpoint saved; run the same '
+                        'command to resume', step)
+        preempted = True
+        break
   finally:
-    # Pending asynchronous saves complete even when the loop raised.
+    restore_sigterm()
     manager.wait_until_finished()
     manager.close()
     writer.flush()
-  return {'step': step, 'val': last_eval, 'train_history': history}
+  return {'step': step, 'val': last_eval, 'train_history': history, 'preempted': preempted}
+
+
+def _flag_on_sigterm(flag):
+  """SIGTERM appends to `flag` (main thread only); returns the restoring function."""
+  if threading.current_thread() is not threading.main_thread():
+    return lambda: None
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.append(signum))
+  return lambda: signal.signal(signal.SIGTERM, previous)

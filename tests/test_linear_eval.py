@@ -394,3 +394,38 @@ def test_config_validation():
     linear_eval.validate(config)
   for preset in le_configs.PRESETS:
     linear_eval.validate(le_configs.get_config(preset))
+
+
+def test_random_init_baseline_is_the_same_evaluation_on_a_random_trunk(tmp_path):
+  """results['baseline'] equals an evaluation of config.pretrained='' with the pretext
+  run's architecture (same features, probe and seeds); rows carry baseline and gain."""
+  from configs import rotation  # pylint: disable=g-import-not-at-top
+  pretext = rotation.get_config('smoke')
+  pretext.model.name = 'tiny_cnn'
+  pretext_dir = str(tmp_path / 'pretext')
+  _write_pretext_workdir(pretext_dir, pretext)
+  config = le_configs.get_config('smoke')
+  config.pretrained = pretext_dir
+  config.train.update(epochs=2, eval_every=1, decay_epochs=())
+  config.mlp.enabled = config.lowshot.enabled = False
+  with config.unlocked():
+    config.eval.random_init_baseline = True
+  rng = np.random.RandomState(11)
+  arrays = {s: (rng.randint(0, 256, (m, 16, 16, 3)).astype(np.uint8),
+                rng.randint(0, 10, m).astype(np.int32))
+            for s, m in (('train', 64), ('val', 32), ('test', 33))}
+  res = linear_eval.run(config, str(tmp_path / 'eval'), arrays=arrays)
+  random_cfg = config.copy_and_resolve_references()
+  random_cfg.pretrained = ''
+  random_cfg.model = pretext.model
+  alone = linear_eval.evaluate_arrays(random_cfg, arrays)
+  assert alone['pretext_task'] == 'random_init' and 'baseline' not in alone
+  for name, row in res['linear'].items():
+    assert res['baseline']['linear'][name]['top1'] == alone['linear'][name]['top1']
+    assert row['baseline_top1'] == alone['linear'][name]['top1']
+    assert row['gain'] == pytest.approx(row['top1'] - row['baseline_top1'])
+  # The pretext trunk is not the random one (non-trivial BN statistics, other init).
+  assert any(res['linear'][n]['top1'] != alone['linear'][n]['top1'] for n in res['linear']) or (
+      res['knn'] != alone['knn'])
+  table = linear_eval.format_table(res)
+  assert 'random' in table and 'gain' in table

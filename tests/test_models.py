@@ -383,3 +383,124 @@ def test_models_do_not_import_tensorflow():
   code = 'import sys, ssl_jax.models; assert "tensorflow" not in sys.modules'
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   subprocess.run([sys.executable, '-c', code], check=True, cwd=root)
+
+
+# ---- Output stride (atrous trunks for dense heads). -------------------------------------
+
+
+@pytest.mark.parametrize('name,size,kwargs', [
+    (n, 176, {'output_stride': 8}) for n in RESNETS] + [
+    (n, 100, {'output_stride': 16}) for n in RESNETS] + [
+    (n, 32, {'small_input': True, 'output_stride': 2}) for n in RESNETS] + [
+    (n, 64, {'patch_strides': True, 'output_stride': 4}) for n in RESNETS] + [
+    ('tiny_cnn', 30, {'output_stride': 2}), ('tiny_cnn', 16, {'small_input': True,
+                                                              'output_stride': 1}),
+    ('tiny_cnn', 16, {'output_stride': 4}), ('resnet50_v2', 64, {'output_stride': 32}),
+    ('vgg19_bn', 64, {})])
+def test_endpoint_strides_give_the_endpoint_shapes(name, size, kwargs):
+  """ceil(size / stride) per spatial endpoint, same parameters as without output_stride."""
+  strides = models.endpoint_strides(name, **kwargs)
+  model = models.create_model(name, num_classes=0, width=1, **kwargs)
+  _, endpoints = _outputs_shape(model, size)
+  for e, s in strides.items():
+    assert endpoints[e].shape[1:3] == (-(-size // s),) * 2, (e, s, endpoints[e].shape)
+  assert set(endpoints) - set(strides) == ({'pre_logits', 'fc6'} if name == 'vgg19_bn'
+                                           else {'pre_logits'})
+  plain = {k: v for k, v in kwargs.items() if k != 'output_stride'}
+  reference = models.create_model(name, num_classes=0, width=1, **plain)
+  _, ref_endpoints = _outputs_shape(reference, size)
+  assert {e: v.shape[-1] for e, v in endpoints.items()} == {
+      e: v.shape[-1] for e, v in ref_endpoints.items()}
+  same = jax.tree.map(lambda a: a.shape, _variables_shape(model, size))
+  assert same == jax.tree.map(lambda a: a.shape, _variables_shape(reference, size))
+  if kwargs.get('output_stride'):
+    assert max(strides.values()) == kwargs['output_stride']
+
+
+def test_output_stride_errors_name_the_value():
+  with pytest.raises(ValueError, match=r'output_stride=8 is not supported by vgg19_bn'):
+    models.create_model('vgg19_bn', num_classes=0, output_stride=8)
+  with pytest.raises(ValueError, match=r'output_stride=8 is not supported by vgg19_bn'):
+    _outputs_shape(models.MODELS['vgg19_bn'](num_classes=0, width=1, output_stride=8), 32)
+  with pytest.raises(ValueError, match=r'output_stride=16.*tiny_cnn with small_input.*'
+                                       r'\[1, 2, 4\]'):
+    models.create_model('tiny_cnn', num_classes=0, small_input=True, output_stride=16)
+  with pytest.raises(ValueError, match=r'output_stride=2 .*resnet50_v1.*\[4, 8, 16, 32\]'):
+    models.create_model('resnet50_v1', num_classes=0, output_stride=2)
+  with pytest.raises(ValueError, match=r'output_stride=12'):
+    models.create_model('revnet50', num_classes=0, output_stride=12)
+  with pytest.raises(ValueError, match=r'output_stride=-8'):
+    models.create_model('revnet50', num_classes=0, output_stride=-8)
+  with pytest.raises(ValueError, match=r'output_stride=True'):
+    models.create_model('revnet50', num_classes=0, output_stride=True)
+  with pytest.raises(ValueError, match=r'output_stride=8 .*tiny_cnn'):  # The module too.
+    _outputs_shape(models.MODELS['tiny_cnn'](num_classes=0, width=1, small_input=True,
+                                             output_stride=8), 16)
+  assert models.create_model('resnet50_v2', num_classes=0, output_stride=32).output_stride == 32
+
+
+class _DilatedConv(nn.Module):
+  dilation: int
+
+  @nn.compact
+  def __call__(self, x):
+    return layers.conv_fixed(x, 2, 3, 1, dtype=jnp.float32, dilation=self.dilation,
+                             name='conv')
+
+
+@pytest.mark.parametrize('dilation', [2, 3])
+def test_dilated_conv_fixed_padding(dilation):
+  x = np.random.RandomState(0).randn(1, 9, 9, 3).astype(np.float32)
+  module = _DilatedConv(dilation)
+  params = module.init(jax.random.PRNGKey(0), x)
+  out = np.asarray(module.apply(params, x))[0]
+  kernel = np.asarray(params['params']['conv']['kernel'])
+  # A dilated kernel is the dense kernel with (dilation - 1) zeros between its taps.
+  k = 2 * dilation + 1
+  dense = np.zeros((k, k) + kernel.shape[2:], np.float32)
+  dense[::dilation, ::dilation] = kernel
+  ref = _np_conv(x[0], dense, 1, (dilation, dilation))
+  assert out.shape == ref.shape == (9, 9, 2)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('window,rate,size', [(2, 1, 5), (2, 2, 7), (2, 4, 8)])
+def test_dilated_mean_pool_matches_numpy(window, rate, size):
+  x = np.random.RandomState(1).randn(2, size, size, 3).astype(np.float32)
+  out = np.asarray(revnet.dilated_mean_pool(jnp.asarray(x), window, rate))
+  ref = np.zeros_like(x)
+  for i in range(size):
+    for j in range(size):
+      rows = [i + rate * a for a in range(window) if i + rate * a < size]
+      cols = [j + rate * b for b in range(window) if j + rate * b < size]
+      ref[:, i, j] = x[:, rows][:, :, cols].mean(axis=(1, 2))
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+  # rate 1: the stride-2 SAME pool is its subsample (the atrous identity).
+  if rate == 1:
+    pooled = nn.avg_pool(jnp.asarray(x), (2, 2), (2, 2), padding='SAME',
+                         count_include_pad=False)
+    np.testing.assert_allclose(out[:, ::2, ::2], pooled, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('name,output_stride', [('resnet50_v1', 4), ('resnet50_v2', 2),
+                                                ('revnet50', 2), ('tiny_cnn', 1)])
+def test_atrous_trunk_subsampled_equals_the_original(small_runs, name, output_stride):
+  """Inference mode: the dilated trunk's endpoints, taken every (stride ratio) pixels
+  from the origin, are the original trunk's, with the same parameters (the atrous
+  algorithm), so a dilated pretext trunk is the original network at denser sampling."""
+  variables, x, (_, endpoints) = small_runs[name]
+  model = models.create_model(name, num_classes=10, width=1, small_input=True,
+                              output_stride=output_stride)
+  _, dense = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  ours = models.endpoint_strides(name, small_input=True, output_stride=output_stride)
+  theirs = models.endpoint_strides(name, small_input=True)
+  assert max(ours.values()) == output_stride < max(theirs.values())
+  for e in theirs:
+    r = theirs[e] // ours[e]
+    assert dense[e].shape[1] == endpoints[e].shape[1] * r, e
+    scale = np.abs(np.asarray(endpoints[e])).max()
+    np.testing.assert_allclose(dense[e][:, ::r, ::r], endpoints[e], rtol=1e-4,
+                               atol=1e-4 * scale, err_msg=e)
+  # The non-subsampled positions are new values, not copies (the map is denser).
+  last = list(theirs)[-1]
+  assert not np.allclose(dense[last][:, 1::2, 1::2], dense[last][:, ::2, ::2], atol=1e-3)

@@ -41,6 +41,10 @@ def test_lbfgs_probe_matches_scikit_learn():
                             cfg=dict(weight_decays=wds, standardize=True, tol=1e-5))
   info = res['solver_info']['a']
   assert all(i['converged'] for i in info) and res['stopped_early']
+  # The structure of linear.train_cached's result: the driver treats solvers alike.
+  assert {'selected', 'epochs_trained', 'stopped_early', 'seconds', 'stats', 'history',
+          'config'} <= set(res)
+  assert res['epochs_trained'] == max(i['iters'] for i in info)
   scaler = StandardScaler().fit(x)
   ref_val = {}
   for wd, i in zip(wds, info):
@@ -125,15 +129,18 @@ def test_direction_is_the_bfgs_inverse_hessian_and_shifts_along_the_l2_path():
 
   g = rng.randn(*shape)
   d = solvers._direction(jnp.asarray(g, jnp.float32), memory(pairs))
-  np.testing.assert_allclose(np.asarray(d), bfgs_direction(pairs, g), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(d), bfgs_direction(pairs, g), rtol=1e-4,
+                             atol=1e-6)
   dwd = 0.7
   mask = (np.arange(6) < 5)[:, None]
   shifted = [(s, y + dwd * s * mask) for s, y in pairs]
   d = solvers._direction(jnp.asarray(g, jnp.float32),
                          solvers.shift_memory(memory(pairs), jnp.float32(dwd)))
-  np.testing.assert_allclose(np.asarray(d), bfgs_direction(shifted, g), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(d), bfgs_direction(shifted, g), rtol=1e-4,
+                             atol=1e-6)
   # An empty memory is steepest descent.
-  d = solvers._direction(jnp.asarray(g, jnp.float32), solvers.empty_memory(jnp.zeros(shape)))
+  d = solvers._direction(jnp.asarray(g, jnp.float32),
+                         solvers.empty_memory(jnp.zeros(shape)))
   np.testing.assert_allclose(np.asarray(d), -g, rtol=1e-6)
 
 

@@ -95,6 +95,10 @@ class ArraySource:
   def num_examples(self, split):
     return int(self._split(split)[1].shape[0])
 
+  def num_classes(self):
+    """1 + the largest label of any split (the classes the labels need)."""
+    return int(max((int(l.max()) for _, l in self._raw.values() if l.size), default=-1)) + 1
+
   def image_shape(self, train=False):
     images = next(iter(self._raw.values()))[0]
     return tuple(ops.output_shape(self.pp[train], images.shape[1:], train=train))
@@ -177,6 +181,10 @@ class TfdsSource:
     self._sizes.update(self._ip.check_dataset(self._config))
     return dict(self._sizes)
 
+  def num_classes(self):
+    """The label feature's classes from the dataset's metadata (None if unknown)."""
+    return self._ip.num_classes(self._config)
+
   def num_examples(self, split):
     if split not in self._sizes:
       self._sizes[split] = int(self._ip.num_examples(self._config, split))
@@ -219,6 +227,16 @@ def synthetic_arrays(num_train, num_eval, image_size, num_classes, seed=0):
   make = lambda n: (rng.randint(0, 256, (n, image_size, image_size, 3)).astype(np.uint8),
                     rng.randint(0, num_classes, n).astype(np.int32))
   return {'train': make(num_train), 'val': make(num_eval), 'test': make(num_eval)}
+
+
+def check_labels(config, source):
+  """ValueError when the dataset's labels do not fit config.data.num_classes."""
+  n = source.num_classes()
+  if n is not None and n > config.data.num_classes:
+    raise ValueError(
+        f'config.data.num_classes={config.data.num_classes} but dataset '
+        f'{config.data.name!r} ({source.name} source) has labels 0..{n - 1} ({n} classes); '
+        f'set config.data.num_classes={n}')
 
 
 def make_source(config, arrays=None, splits=SPLITS):

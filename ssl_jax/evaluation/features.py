@@ -135,3 +135,30 @@ def extract(extract_fn, variables, batches, *, num_examples=None, stop_when_full
   elif filled < num_examples:
     out = {k: v[:filled] for k, v in out.items()}
   return out, np.concatenate(labels).astype(np.int32)
+
+
+def gather_processes(feats, labels):
+  """Concatenates every process's rows, in process order, on every process.
+
+  Args:
+    feats: {name: np.ndarray[n_p, D]} this process's rows (n_p may differ by process).
+    labels: np.int32[n_p].
+  Returns:
+    ({name: np.ndarray[sum n_p, D]}, np.int32[sum n_p]), identical on every process.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  n = np.asarray(labels.shape[0], np.int64)
+  counts = np.asarray(multihost_utils.process_allgather(n)).reshape(-1)
+  top = int(counts.max())
+  pad = lambda a: np.concatenate([a, np.zeros((top - a.shape[0],) + a.shape[1:], a.dtype)])
+  out = {}
+  for name in sorted(feats):
+    # bfloat16 caches travel as uint16 bits (the collective knows no bfloat16).
+    a = feats[name]
+    bits = a.view(np.uint16) if a.dtype.name == 'bfloat16' else a
+    g = np.asarray(multihost_utils.process_allgather(pad(bits)))
+    g = np.concatenate([g[p, :c] for p, c in enumerate(counts)])
+    out[name] = g.view(a.dtype) if a.dtype.name == 'bfloat16' else g
+  g = np.asarray(multihost_utils.process_allgather(pad(labels)))
+  return out, np.concatenate([g[p, :c] for p, c in enumerate(counts)]).astype(np.int32)
+

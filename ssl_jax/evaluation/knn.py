@@ -1,7 +1,9 @@
 """Weighted k-nearest-neighbour classification on L2-normalised features.
 
 Wu et al. (2018) style: the k most cosine-similar training examples vote for their
-label with weight exp(similarity / T). Presets (peers.md b.5):
+label with weight exp(similarity / T), computed per query in the log-sum-exp form
+exp((similarity - best similarity) / T) (the same ranking, a constant factor per
+query), so the votes stay finite for every temperature T > 0. Presets (peers.md b.5):
   'k20_t0.07'  k=20,  T=0.07 (solo-learn)
   'k200_t0.1'  k=200, sigma=0.1 (VISSL; the same formula with T = sigma)
 The training bank is scanned in chunks with a running top-k, so memory is
@@ -50,7 +52,10 @@ def _votes(queries, bank, bank_labels, bank_valid, temperature, *, k, num_classe
 
   init = (jnp.full((q, k), -jnp.inf, jnp.float32), jnp.zeros((q, k), jnp.int32))
   (sim, lab), _ = jax.lax.scan(body, init, jnp.arange(chunks))
-  w = jnp.where(jnp.isfinite(sim), jnp.exp(sim / temperature), 0.0)
+  # exp(s / T) overflows float32 for T < 1/89; shifting by the best similarity keeps
+  # every weight in (0, 1] (the best one is exactly 1).
+  best = jnp.max(jnp.where(jnp.isfinite(sim), sim, -2.0), axis=1, keepdims=True)
+  w = jnp.where(jnp.isfinite(sim), jnp.exp((sim - best) / temperature), 0.0)
   return jnp.sum(jax.nn.one_hot(lab, num_classes) * w[..., None], axis=1)
 
 
@@ -64,8 +69,14 @@ def knn_votes(train_feats, train_labels, query_feats, *, num_classes, k=20,
     num_classes: K. k: neighbours (clipped to N). temperature: T in exp(sim / T).
     query_batch, bank_chunk: memory knobs (results do not depend on them).
   Returns:
-    np.float32[Q, K] summed neighbour weights per class.
+    np.float32[Q, K] summed neighbour weights per class, each query's weights scaled
+    by exp(-best similarity / T) (finite for any T > 0; the ranking of classes is that
+    of the exp(sim / T) votes).
+  Raises:
+    ValueError for a temperature that is not > 0.
   """
+  if not temperature > 0:
+    raise ValueError(f'kNN temperature={temperature!r} must be > 0')
   n = train_feats.shape[0]
   k = int(min(k, n))
   bank_chunk = int(min(bank_chunk, n))

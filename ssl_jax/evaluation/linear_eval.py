@@ -32,6 +32,19 @@ from ssl_jax.data import sources
 from ssl_jax.evaluation import pooling
 from ssl_jax.evaluation import solvers
 
+# Size-like values of a linear-evaluation config: key -> (minimum, special values).
+EVAL_SIZES = {
+    'batch_size': (1, ()), 'eval_batch_size': (1, ()), 'seed': (0, ()),
+    'checkpoint_step': (0, (-1,)), 'data.image_size': (1, ()), 'data.num_classes': (1, ()),
+    'input.shuffle_buffer': (1, ()), 'input.prefetch': (0, ()), 'eval.views': (1, ()),
+    'eval.target_dims': (1, ()), 'eval.max_train_examples': (1, (-1,)),
+    'eval.lbfgs_iters': (1, ()), 'model.width': (1, ()),
+    'train.batch_size': (1, ()), 'train.epochs': (1, ()), 'train.eval_every': (1, ()),
+    'train.eval_batch_size': (1, ()), 'train.mlp_hidden': (1, ()),
+    'train.max_decays': (0, ()), 'train.seed': (0, ()),
+    'mlp.train.epochs': (1, ()), 'mlp.train.eval_every': (1, ()),
+    'mlp.train.batch_size': (1, ()), 'lowshot.samples': (1, ()),
+}
 MODES = ('cached', 'faithful')
 SOLVERS = ('sgd', 'lbfgs', 'ridge')
 SPLITS = ('train', 'val', 'test')
@@ -45,6 +58,8 @@ def validate(config):
   def allowed(key, value, choices):
     if value not in choices:
       raise ValueError(f'config.{key}={value!r} is not allowed; allowed: {list(choices)}')
+  from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.check_sizes(config, EVAL_SIZES, error=ValueError)
   e = config.eval
   allowed('eval.mode', e.mode, MODES)
   allowed('eval.solver', e.solver, SOLVERS)
@@ -52,13 +67,16 @@ def validate(config):
   allowed('eval.patch_combine', e.patch_combine, ('avg', 'max', 'concat'))
   allowed('eval.cache_dtype', e.cache_dtype, ('float32', 'bfloat16'))
   allowed('data.source', config.data.source, ('tfds', 'in_memory', 'synthetic'))
+  if e.mode == 'faithful' and jax.process_count() > 1:
+    raise ValueError("config.eval.mode='faithful' runs on one process (its heads train on "
+                     "that process's batches); with several processes use mode 'cached', "
+                     'whose features are gathered from every process')
   if e.mode == 'faithful' and e.solver != 'sgd':
     raise ValueError(f"config.eval.solver={e.solver!r} needs cached features; the "
                      "faithful mode trains with 'sgd'")
-  if e.views < 1:
-    raise ValueError(f'config.eval.views={e.views} must be >= 1')
-  if e.target_dims < 1:
-    raise ValueError(f'config.eval.target_dims={e.target_dims} must be >= 1')
+  for i, k in enumerate(config.lowshot.shots):
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+      raise ValueError(f'config.lowshot.shots[{i}]={k!r} must be an integer >= 1')
   if not config.data.val_split:
     raise ValueError('config.data.val_split is empty: model selection needs a held-out '
                      'validation split carved from train (never the test split)')
@@ -126,7 +144,8 @@ def load_trunk(config, image_shape=None, eval_input=None):
   model = models.create_model(
       m.name, num_classes=0, width=m.width,
       dtype=config.eval.trunk_dtype or m.dtype, patch_strides=m.patch_strides,
-      small_input=m.small_input, last_relu=m.last_relu, bn_axis_name=None)
+      small_input=m.small_input, last_relu=m.last_relu, bn_axis_name=None,
+      **models.extra_options(m))
   if params is None:
     if image_shape is None:
       raise ValueError('a random trunk needs the image shape')
@@ -185,7 +204,9 @@ def view_batches(source, split, batch_size, seed):
   it = source.train_batches(split, batch_size, seed=seed)
   for s in range(math.ceil(n / batch_size)):
     b = dict(next(it))
-    b['mask'] = b['mask'] & (s * batch_size + np.arange(len(b['mask'])) < n)
+    local = len(b['mask'])  # this process's rows of the global batch
+    first = s * batch_size + jax.process_index() * local
+    b['mask'] = b['mask'] & (first + np.arange(local) < n)
     yield b
 
 
@@ -207,6 +228,11 @@ def synthetic_arrays(config):
 def run(config, workdir, *, arrays=None):
   """The job: evaluates config.pretrained's trunk; writes workdir/results.json.
 
+  With config.eval.random_init_baseline (and a pretrained trunk) the same evaluation
+  (architecture, evaluation input, features, probe, seeds) also runs on a randomly
+  initialised trunk; results['baseline'] holds it and every row gets `baseline_top1`
+  and `gain` (test top-1 minus the baseline's).
+
   Args:
     config: a configs/linear_eval.py config.
     workdir: output directory (results.json, TensorBoard events).
@@ -214,20 +240,29 @@ def run(config, workdir, *, arrays=None):
   Returns:
     the results dict (as written to results.json).
   """
-  validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  trunk, source, (pp_train, pp_eval) = trunk_and_source(config, arrays)
-  writer = _make_writer(workdir)
-  results = evaluate(config, trunk, source, writer=writer)
+  from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
+  chief = jax.process_index() == 0
+  with config_lib.startup_errors():  # one-line errors, before anything compiles
+    validate(config)
+    trunk, source, (pp_train, pp_eval) = trunk_and_source(config, arrays)
+    if isinstance(source, sources.TfdsSource):
+      source.check()
+    sources.check_labels(config, source)
+    if chief:
+      os.makedirs(workdir, exist_ok=True)
+  # Every process computes the whole split's numbers (features are gathered across
+  # processes); only the first one writes files.
+  writer = _make_writer(workdir) if chief else None
+  results = evaluate_with_baseline(config, trunk, source, writer=writer)
   results['preprocessing'] = {'train': pp_train, 'eval': pp_eval}
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  table = format_table(results)
-  print(table, flush=True)
-  logging.info('linear evaluation: results in %s', os.path.join(workdir, 'results.json'))
-  write_final_scalars(writer, results)
-  if writer is not None:
-    writer.flush()
+  if chief:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    print(format_table(results), flush=True)
+    logging.info('linear evaluation: results in %s', os.path.join(workdir, 'results.json'))
+    write_final_scalars(writer, results)
+    if writer is not None:
+      writer.flush()
   return results
 
 
@@ -242,11 +277,49 @@ def evaluate_arrays(config, arrays, *, trunk=None, writer=None):
   """
   validate(config)
   trunk, source, _ = trunk_and_source(config, arrays, trunk)
-  return evaluate(config, trunk, source, writer=writer)
+  return evaluate_with_baseline(config, trunk, source, writer=writer)
+
+
+def random_twin(config, trunk, image_shape):
+  """A randomly initialised trunk of `trunk`'s architecture and evaluation input."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.pretrained = ''
+    cfg.model = ml_collections.ConfigDict(trunk['model_config'])
+  return load_trunk(cfg, image_shape=image_shape, eval_input=trunk['eval_input'])
+
+
+def evaluate_with_baseline(config, trunk, source, *, writer=None):
+  """`evaluate`, plus the random-init baseline when config.eval.random_init_baseline."""
+  results = evaluate(config, trunk, source, writer=writer)
+  if not (config.eval.get('random_init_baseline', False) and trunk['task'] != 'random_init'):
+    return results
+  logging.info('random-init baseline: the same evaluation on a random %s trunk',
+               trunk['name'])
+  twin = random_twin(config, trunk, source.image_shape(train=False))
+  base = evaluate(config, twin, source, writer=None)
+  results['baseline'] = {k: base[k] for k in ('linear', 'mlp', 'knn', 'lowshot', 'timing')}
+  results['baseline']['what'] = ('random-init trunk: same architecture, evaluation input, '
+                                 'features, probe and seeds')
+  for key in ('linear', 'mlp'):
+    for name, row in results[key].items():
+      ref = base[key].get(name)
+      if ref is not None:
+        row['baseline_top1'] = ref['top1']
+        row['gain'] = row['top1'] - ref['top1']
+  for preset, d in results['knn'].items():
+    for name, row in d.items():
+      ref = base['knn'].get(preset, {}).get(name)
+      if ref is not None:
+        row['baseline_top1'] = ref['top1']
+        row['gain'] = row['top1'] - ref['top1']
+  return results
 
 
 def trunk_and_source(config, arrays=None, trunk=None):
   """(trunk dict, source, (pp_train, pp_eval)); a random trunk is built at the crop size."""
+  # (A random trunk as the evaluated model is its own baseline.)
   if trunk is None and config.pretrained:
     trunk = load_trunk(config)
   pp = preprocessing(config, trunk['eval_input'] if trunk else None)
@@ -349,9 +422,22 @@ def plan_groups(dims, rows, bytes_per_value, max_gb):
 
 
 def _extract_split(config, fn, variables, source, split, n, jit_fn):
+  """Features and labels of the whole split, on every process.
+
+  Each process extracts its own contiguous share (every process runs the same number
+  of padded batches), then the shares are gathered in process order: the result is
+  the single-process one, whatever the number of processes.
+  """
   batches = source.eval_batches(split, config.eval_batch_size)
-  return features.extract(fn, variables, batches, num_examples=n, jit_fn=jit_fn,
-                          stop_when_full=config.eval.max_train_examples > 0)
+  count = jax.process_count()
+  x, y = features.extract(fn, variables, batches,
+                          num_examples=None if count > 1 else n, jit_fn=jit_fn,
+                          stop_when_full=config.eval.max_train_examples > 0 and count == 1)
+  if count > 1:
+    x, y = features.gather_processes(x, y)
+    if n is not None:
+      x, y = {k: v[:n] for k, v in x.items()}, y[:n]
+  return x, y
 
 
 def _cached(config, make_fn, group, variables, source, sizes, num_classes, results,
@@ -368,8 +454,12 @@ def _cached(config, make_fn, group, variables, source, sizes, num_classes, resul
   for v in range(1, e.views if linear_heads else 1):
     batches = view_batches(source, 'train', config.eval_batch_size,
                            seed=config.seed + 1000 * v)
-    x, y = features.extract(fn, variables, batches, num_examples=sizes['train'],
-                            jit_fn=jit_fn)
+    if jax.process_count() > 1:
+      x, y = features.gather_processes(*features.extract(fn, variables, batches,
+                                                         jit_fn=jit_fn))
+    else:
+      x, y = features.extract(fn, variables, batches, num_examples=sizes['train'],
+                              jit_fn=jit_fn)
     views_x.append(x)
     views_y.append(y)
   val_x, val_y = _extract_split(config, fn, variables, source, 'val', None, jit_fn)
@@ -512,21 +602,33 @@ def _faithful(config, fn, variables, source, dims, sizes, num_classes, results, 
 
 
 def _make_writer(workdir):
+  """TensorBoard events only: the console gets `_log_fn`'s progress lines instead of
+  one line per scalar write (which printed every metric twice)."""
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError:  # The TF-free GPU machine: results.json only.
     logging.warning('clu is not installed: no TensorBoard events')
     return None
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  return metric_writers.SummaryWriter(workdir)
 
 
-def _log_fn(writer, prefix):
+def _log_fn(writer, prefix, every_s=20.0):
+  """Progress callback: every evaluation to TensorBoard, a console line at most every
+  `every_s` seconds (hundreds of epochs make a progress line, not a wall)."""
+  last = [-float('inf')]
+
   def log(epoch, row):
-    logging.info('%s epoch %d: %s', prefix, epoch,
-                 ' '.join(f'{k}={v:.4f}' for k, v in row.items() if k != 'epoch'))
     if writer is not None:
       writer.write_scalars(epoch, {f'{prefix}/{k}': v for k, v in row.items()
                                    if k != 'epoch'})
+    now = time.perf_counter()
+    if now - last[0] >= every_s:
+      last[0] = now
+      tops = [v for k, v in row.items() if k.startswith('val_top1/')]
+      losses = [v for k, v in row.items() if k.startswith('train_loss/')]
+      logging.info('%s probes: epoch %d, %d heads, best val top-1 %.4f, train loss %.3f..%.3f',
+                   prefix, epoch, len(tops), max(tops, default=float('nan')),
+                   min(losses, default=float('nan')), max(losses, default=float('nan')))
   return log
 
 
@@ -539,6 +641,9 @@ def write_final_scalars(writer, results):
       scalars[f'{key}/test_top1/{name}'] = r['top1']
       scalars[f'{key}/test_top5/{name}'] = r['top5']
       scalars[f'{key}/val_top1/{name}'] = r['val_top1']
+      if 'gain' in r:
+        scalars[f'{key}/baseline_test_top1/{name}'] = r['baseline_top1']
+        scalars[f'{key}/gain/{name}'] = r['gain']
   for preset, d in results['knn'].items():
     for name, r in d.items():
       scalars[f'knn_{preset}/test_top1/{name}'] = r['top1']
@@ -549,34 +654,54 @@ def write_final_scalars(writer, results):
 
 
 def format_table(results):
-  """The console table: one row per endpoint and head, every number with its split."""
+  """The console table: one row per endpoint and head, every number with its split.
+
+  With a random-init baseline, each row also shows the baseline's test top-1 and the
+  gain in points.
+  """
   order = {n: i for i, n in enumerate(results['dims'])}
+  base = 'baseline' in results
+  extra = f" {'random':>7s} {'gain':>6s}" if base else ''
   lines = [f"linear evaluation of {results['pretrained'] or 'a random trunk'} "
            f"({results['pretext_task']}, {results['model'].get('name')} "
            f"k={results['model'].get('width')}) on {results['dataset']}, mode "
            f"{results['mode']}, solver {results['solver']}, pool {results['pool_mode']}",
            f"{'head':6s} {'endpoint':16s} {'dims':>6s} {'val top1':>8s} "
-           f"{'test top1':>9s} {'test top5':>9s} {'epoch':>5s} {'lr':>7s} {'wd':>7s}"]
+           f"{'test top1':>9s}{extra} {'test top5':>9s} {'epoch':>5s} {'lr':>7s} {'wd':>7s}"]
+
+  def gain(r):
+    if not base:
+      return ''
+    if 'baseline_top1' not in r:
+      return f" {'':>7s} {'':>6s}"
+    return f" {100 * r['baseline_top1']:7.2f} {100 * r['gain']:+6.2f}"
+
   for key in ('linear', 'mlp'):
     for name in sorted(results[key], key=lambda n: order.get(n, 99)):
       r = results[key][name]
       lines.append(f"{key:6s} {name:16s} {results['dims'].get(name, 0):6d} "
-                   f"{100 * r['val_top1']:8.2f} {100 * r['top1']:9.2f} "
+                   f"{100 * r['val_top1']:8.2f} {100 * r['top1']:9.2f}{gain(r)} "
                    f"{100 * r['top5']:9.2f} {r['epochs']:5d} {r['base_lr']:7.3g} "
                    f"{r['weight_decay']:7.3g}")
   for preset, d in results['knn'].items():
     for name, r in d.items():
       lines.append(f"{'knn':6s} {name:16s} {results['dims'].get(name, 0):6d} "
-                   f"{100 * r['val_top1']:8.2f} {100 * r['top1']:9.2f} "
+                   f"{100 * r['val_top1']:8.2f} {100 * r['top1']:9.2f}{gain(r)} "
                    f"{100 * r['top5']:9.2f}   ({preset})")
   for name, d in results['lowshot'].items():
     cells = ', '.join(f"k={k}: {100 * r['top1_mean']:.1f}+-{100 * r['top1_std']:.1f}"
                       for k, r in d['shots'].items())
     lines.append(f'low-shot {name} test top1 (mean+-std over samples): {cells}')
+    if base and name in results['baseline']['lowshot']:
+      cells = ', '.join(f"k={k}: {100 * r['top1_mean']:.1f}" for k, r in
+                        results['baseline']['lowshot'][name]['shots'].items())
+      lines.append(f'low-shot {name} random-init baseline: {cells}')
   n = results['num_examples']
   lines.append(f"splits: train={results['splits']['train']} ({n['train']}), "
                f"val={results['splits']['val']} ({n['val']}), "
                f"test={results['splits']['test']} ({n['test']}); "
                f"test scored once with the val-selected heads")
+  if base:
+    lines.append('random = a randomly initialised trunk of the same architecture through '
+                 'the same evaluation; gain = test top-1 - random, in points')
   return '\n'.join(lines)
-

@@ -9,10 +9,16 @@
   the bias c is not penalised: scikit-learn's `LogisticRegression(C=1 / (N * wd))`
   with the multinomial loss has the same optimum). The L2 grid (`weight_decays`) is
   walked from the largest wd down, one grid point at a time: each point stops on its
-  own criterion (max |grad| <= tol, or `iters` iterations) and warm-starts the next
-  from its optimum and its curvature memory (see `_lbfgs`). A grid point never waits
-  for another, so wd = 0, which has no finite optimum on separable features, costs only
-  its own `iters` cap (reported as not converged).
+  own criterion (max |grad| <= tol, the gradient of the mean objective, as
+  scikit-learn's tol; or `iters` iterations) and warm-starts the next from its optimum
+  and its curvature memory (`shift_memory`). A grid point never waits for another.
+  wd = 0 has no finite optimum on separable features: the loss and its gradient then
+  vanish along the separating direction, and the point stops once max |grad| <= tol (a
+  near-zero training loss) or at its `iters` cap, reported as not converged.
+  A spectral preconditioner (`spectral_preconditioner`) flattens the few huge
+  eigenvalues of standardised CNN features (lambda_1 ~ 10^3 on 6,400 dims): 15-65
+  iterations per grid point instead of 200-1,000+ (measured on ResNet50 k=4 CIFAR-10
+  features; scikit-learn's L-BFGS on the same problems: 190-1,040).
 - 'ridge' (`train_ridge`): closed-form ridge regression on one-hot {-1, +1} targets with
   a bias column; one eigendecomposition of the Gram matrix serves the whole L2 grid.
 
@@ -20,12 +26,15 @@ Both pick the grid point with the best top-1 on the held-out validation features
 return the structure of `linear.train_cached` (with `epoch` = L-BFGS iterations, 0 for
 ridge), so the driver treats every solver alike.
 
-One objective evaluation (`objective`) reads the features once: rows are processed in
-blocks that stay in cache, each block giving its logits and its share of the gradient
-before the next is read. The standardisation is folded into the weights (x~ V + c =
-x (s V) + (c - mu s V)), so the raw cache is read as is, never copied standardised.
-bfloat16 caches are widened to float32 one endpoint at a time before solving: XLA's
-CPU backend has no fast bf16 matmul, and its f32 one runs near the memory floor.
+One objective evaluation (`objective`, a "pass") reads the features once: rows are
+processed in blocks that stay in cache, each block giving its logits and its share of
+the gradient before the next is read. The standardisation is folded into the weights
+(x~ V + c = x (s V) + (c - mu s V)), so the raw cache is read as is, never copied
+standardised. Measured on 2 CPU cores, 45,000 x 35,328 f32 (ResNet50 k=4's endpoints):
+0.71 s per pass against 0.21 s for a plain sum over the same arrays (numpy's BLAS: 2.26
+s for the same products); the pass is bound by XLA's dot kernels for 10 classes, not by
+memory. bfloat16 caches are widened to float32 one endpoint at a time before solving:
+XLA's CPU backend converts and multiplies bf16 several times slower than it reads f32.
 """
 import functools
 import time
@@ -68,11 +77,12 @@ def precondition(v, precond, inverse=False):
 
 
 @functools.partial(jax.jit, static_argnames=('rank', 'rows', 'iters'))
-def _top_eigen(x, mean, inv_std, *, rank, rows, iters):
-  """Top `rank` eigenpairs of the standardised features' covariance, from `rows` rows.
+def _preconditioner(x, mean, inv_std, *, rank, rows, iters):
+  """(U, c, eigenvalues) of `spectral_preconditioner`, in one compiled program.
 
-  Randomised subspace iteration (Halko, Martinsson and Tropp 2011, algorithm 4.4) with
-  16 extra columns, then Rayleigh-Ritz. Rows are taken at a fixed stride.
+  Top eigenpairs of the standardised features' covariance from `rows` rows taken at a
+  fixed stride: randomised subspace iteration (Halko, Martinsson and Tropp 2011,
+  algorithm 4.4) with 16 extra columns, then Rayleigh-Ritz.
   """
   n, d = x.shape
   stride = max(n // rows, 1)
@@ -83,7 +93,9 @@ def _top_eigen(x, mean, inv_std, *, rank, rows, iters):
     q, _ = jnp.linalg.qr(z.T @ (z @ q))
   b = z @ q
   lam, v = jnp.linalg.eigh(b.T @ b / m)
-  return lam[::-1][:rank], (q @ v[:, ::-1])[:, :rank]
+  lam, u = lam[::-1][:rank], (q @ v[:, ::-1])[:, :rank]
+  floor = jnp.maximum(lam[-1], 1e-6 * lam[0])
+  return u, jnp.sqrt(floor / jnp.maximum(lam, floor)) - 1.0, lam
 
 
 def spectral_preconditioner(x, stats, rank=128, rows=4096, iters=2):
@@ -93,20 +105,24 @@ def spectral_preconditioner(x, stats, rank=128, rows=4096, iters=2):
   ResNet features has its top eigenvalue near 10^3 and its 50th near 10 (measured on
   CIFAR-10), so the logistic loss's condition number, lambda_max / wd, costs L-BFGS
   hundreds of iterations. Optimising V' with V = P V' and c_i = sqrt(lam_r / lam_i) - 1
-  maps the top-r eigenvalues lam_i to lam_r (the r-th), leaving the optimum V unchanged.
+  maps the top-r eigenvalues lam_i to lam_r (the r-th), leaving the optimum V unchanged
+  (measured on those features: 417 -> 35 iterations at wd 1e-2, 471 -> 29 at 1e-3).
   Estimated on a row subsample: it only has to be roughly right.
 
+  Args:
+    x: [N, D] raw features; stats: (mean, inv_std) or None.
+    rank: r (capped at min(D, N) - 1); rows: subsample size; iters: subspace iterations.
   Returns:
-    ((U, c), eigenvalues f32[r]).
+    ((U, c) or None when r < 1, eigenvalues f32[r] or None).
   """
   n, d = x.shape
   rank = int(min(rank, d - 1, n - 1))
   if rank < 1:
     return None, None
-  mean, inv_std = stats if stats is not None else (jnp.zeros((d,)), jnp.ones((d,)))
-  lam, u = _top_eigen(x, mean, inv_std, rank=rank, rows=int(min(rows, n)), iters=iters)
-  floor = jnp.maximum(lam[-1], 1e-6 * lam[0])
-  c = jnp.sqrt(floor / jnp.maximum(lam, floor)) - 1.0
+  mean, inv_std = stats if stats is not None else (np.zeros(d, np.float32),
+                                                   np.ones(d, np.float32))
+  u, c, lam = _preconditioner(x, mean, inv_std, rank=rank, rows=int(min(rows, n)),
+                              iters=iters)
   return (u, c), lam
 
 
@@ -305,8 +321,14 @@ def _lbfgs(x, y, mean, inv_std, wd, theta, mem, tol, precond, *, max_iters, bloc
   return c['theta'], c['mem'], info
 
 
-def fit_path(x, y, wds, *, num_classes, stats=None, tol=TOL, max_iters=500, history=HISTORY,
-             block=None, precond_rank=128, log_fn=None):
+@jax.jit
+def _original(theta, precond):
+  """theta in the original coordinates: kernel rows P V', the bias row as is."""
+  return jnp.concatenate([precondition(theta[:-1], precond), theta[-1:]])
+
+
+def fit_path(x, y, wds, *, num_classes, stats=None, tol=TOL, max_iters=500,
+             history=HISTORY, block=None, precond_rank=128, log_fn=None):
   """L-BFGS logistic regression for every wd, walked from the largest down.
 
   Args:
@@ -323,7 +345,8 @@ def fit_path(x, y, wds, *, num_classes, stats=None, tol=TOL, max_iters=500, hist
     (thetas f32[G, D + 1, K] in the order of wds, list of G info dicts: weight_decay,
     value (the final objective), grad_max, iters, evals (objective passes, the start's
     included), converged, stalled, seconds (wall, the first point's compilation
-    included), values (the objective at the start and after each iteration)).
+    included), values (the objective at the start and after each iteration),
+    precond_seconds (the endpoint's preconditioner, shared by its points)).
   """
   wds = [float(w) for w in wds]
   if any(w < 0 or not np.isfinite(w) for w in wds):
@@ -332,9 +355,13 @@ def fit_path(x, y, wds, *, num_classes, stats=None, tol=TOL, max_iters=500, hist
     x = x.astype(jnp.float32)  # One endpoint at a time (see the module docstring).
   n, d = x.shape
   y = jnp.asarray(y, jnp.int32)
-  mean, inv_std = stats if stats is not None else (jnp.zeros((d,)), jnp.ones((d,)))
+  mean, inv_std = stats if stats is not None else (np.zeros(d, np.float32),
+                                                   np.ones(d, np.float32))
   block = block or block_rows(d, n)
+  t = time.perf_counter()
   precond = spectral_preconditioner(x, stats, precond_rank)[0] if precond_rank else None
+  jax.block_until_ready(precond)
+  precond_s = time.perf_counter() - t
   theta = jnp.zeros((d + 1, num_classes), jnp.float32)  # the convex problem's usual start
   mem = empty_memory(theta, history)
   thetas, infos = [None] * len(wds), [None] * len(wds)
@@ -351,8 +378,9 @@ def fit_path(x, y, wds, *, num_classes, stats=None, tol=TOL, max_iters=500, hist
                 'grad_max': float(info['grad_max']), 'iters': int(info['iters']),
                 'evals': int(info['evals']), 'converged': bool(info['converged']),
                 'stalled': bool(info['stalled']), 'seconds': time.perf_counter() - t,
-                'values': [float(v) for v in info['values'][:int(info['iters']) + 1]]}
-    thetas[i] = jnp.concatenate([precondition(theta[:-1], precond), theta[-1:]])
+                'values': [float(v) for v in info['values'][:int(info['iters']) + 1]],
+                'precond_seconds': precond_s}
+    thetas[i] = _original(theta, precond)
     prev = wds[i]
     if log_fn is not None:
       log_fn(infos[i])
@@ -380,9 +408,10 @@ def train_lbfgs(train_feats, train_labels, val_feats, val_labels, *, num_classes
   t0 = time.perf_counter()
   stats = linear.feature_stats(train_feats) if cfg['standardize'] else None
   y = jnp.asarray(train_labels, jnp.int32)
-  if int(y.shape[0]) != linear._num_rows(train_feats):  # pylint: disable=protected-access
-    raise ValueError(f'train features have {linear._num_rows(train_feats)} rows and '  # pylint: disable=protected-access
-                     f'{y.shape[0]} labels; the lbfgs solver fits one view')
+  rows = linear._num_rows(train_feats)  # pylint: disable=protected-access
+  if int(y.shape[0]) != rows:
+    raise ValueError(f'train features have {rows} rows and {y.shape[0]} labels; the '
+                     'lbfgs solver fits one view')
   params, infos = {}, {}
   for name in sorted(train_feats):
     cb = None if log_fn is None else functools.partial(log_fn, name)
@@ -432,7 +461,8 @@ def train_ridge(train_feats, train_labels, val_feats, val_labels, *, num_classes
   y = 2.0 * jax.nn.one_hot(jnp.asarray(train_labels), num_classes) - 1.0
   params = {}
   for name in sorted(train_feats):
-    x = linear._standardize(train_feats[name], None if stats is None else stats[name])  # pylint: disable=protected-access
+    st = None if stats is None else stats[name]
+    x = linear._standardize(train_feats[name], st)  # pylint: disable=protected-access
     w = _ridge_path(x, y, l2s)
     params[name] = {'kernel': w[:, :-1, :], 'bias': w[:, -1, :]}
     del x
@@ -448,7 +478,8 @@ def _finish(params, val_feats, val_labels, val_mask, stats, cfg, epochs, t0):
       params, {k: val_feats[k] for k in params}, jnp.asarray(val_labels, jnp.int32),
       val_mask, stats, kind='linear', batch_size=cfg['eval_batch_size'])
   sel = linear._selection_init(params)  # pylint: disable=protected-access
-  sel, _ = linear._selection_update(sel, metrics, params, 0)  # pylint: disable=protected-access
+  sel, _ = linear._selection_update(  # pylint: disable=protected-access
+      sel, metrics, params, 0)
   for name in params:
     sel['epoch'][name] = np.asarray(epochs[name] if isinstance(epochs, dict) else
                                     np.full(len(sel['epoch'][name]), epochs), np.int64)

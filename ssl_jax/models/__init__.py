@@ -7,7 +7,10 @@ and the output is pre_logits (task heads live outside the trunk, see ssl_jax.tas
 Endpoints are float32, NHWC except the 2-D `pre_logits` and `logits`. The input may
 have any channel count C (RGB 3, the L channel of Lab 1): the root conv adapts.
 Parameters are float32; `dtype='bfloat16'` only changes the compute dtype.
-`tiny_cnn` is a three-conv test model (not the study's). Never imports TensorFlow.
+`tiny_cnn` is a three-conv test model (not the study's). `output_stride` (ResNet50 v1/v2,
+RevNet50, tiny_cnn) keeps the last endpoints at a stride of 8 or 16 with dilated
+(atrous) convs, for dense per-pixel heads; `endpoint_strides` tells each endpoint's
+stride. Never imports TensorFlow.
 """
 import numbers
 
@@ -44,6 +47,62 @@ def trunk_endpoints(name):
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
+def extra_options(model_config):
+  """create_model keyword arguments of config.model beyond the study's basic ones
+  (only those set to a non-default value, so older configs keep working)."""
+  out = {}
+  if model_config.get('output_stride', 0):
+    out['output_stride'] = int(model_config['output_stride'])
+  return out
+
+
+# Nominal stride of the first stages (after_root's stride comes from the root).
+_STAGE_STRIDES = {'resnet': (1, 2, 2, 2), 'resnet_patch': (1, 2, 2, 1), 'tiny_cnn': (2, 2)}
+
+
+def endpoint_strides(name, *, small_input=False, patch_strides=False, output_stride=0):
+  """{endpoint: stride} of the spatial (4-D, NHWC) endpoints of the trunk `name`.
+
+  An endpoint of stride s on an H x W input is ceil(H / s) x ceil(W / s) (fixed padding:
+  every stride-2 step takes the ceiling), and its pixel (i, j) is centred on input pixel
+  (s*i, s*j) for the ResNets and tiny_cnn (RevNet's 2x2 pools shift that by up to
+  (s - 1) / 2). VGG's fc6 ([N, 1, 1, C] whatever the input) is not listed.
+
+  Args:
+    name: one of MODELS.
+    small_input, patch_strides: as create_model.
+    output_stride: as create_model (0: the model's own).
+  Returns:
+    dict endpoint name -> int stride, in endpoint order.
+  Raises:
+    ValueError: unknown name, or an output_stride the model cannot reach (see
+      create_model).
+  """
+  if name not in MODELS:
+    raise ValueError(f'model name={name!r} is not a known model; allowed: {sorted(MODELS)}')
+  if name == 'vgg19_bn':
+    if output_stride:
+      raise ValueError(f'output_stride={output_stride!r} is not supported by vgg19_bn '
+                       '(allowed: 0); use resnet50_v1, '
+                       'resnet50_v2, revnet50 or tiny_cnn')
+    return {f'block{i + 1}': 2**i for i in range(5)}
+  if name == 'tiny_cnn':
+    root, stages, names = (1 if small_input or patch_strides else 2), (2, 2), ('block1',
+                                                                               'block2')
+  else:
+    root = 1 if small_input else (2 if patch_strides else 4)
+    stages = _STAGE_STRIDES['resnet_patch' if patch_strides else 'resnet']
+    names = tuple(f'block{i + 1}' for i in range(4))
+  label = name + (' with small_input' if small_input else
+                  ' with patch_strides' if patch_strides else '')
+  out = {'after_root': root}
+  current = root
+  for n, (stride, _, _) in zip(names, layers.atrous_plan(root, stages, output_stride, label)):
+    current *= stride
+    out[n] = current
+  return out
+
+
 def _is_int(value):
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -56,7 +115,7 @@ def _dtype_name(dtype):
 
 
 def create_model(name, *, num_classes, width=4, dtype='float32', patch_strides=False,
-                 small_input=False, last_relu=True, bn_axis_name=None):
+                 small_input=False, last_relu=True, bn_axis_name=None, output_stride=0):
   """Builds the trunk `name` (see MODELS), with a `num_classes`-way logits layer if > 0.
 
   Args:
@@ -75,6 +134,13 @@ def create_model(name, *, num_classes, width=4, dtype='float32', patch_strides=F
       never passes it to VGG, whose pre-logits are always post-ReLU).
     bn_axis_name: axis name for cross-device BatchNorm statistics; None = per-device
       statistics (the study's per-core BN).
+    output_stride: 0 = the model's own strides. N > 0 (resnet50_v1/v2, revnet50,
+      tiny_cnn): the stages that would take the stride past N run at stride 1 with
+      dilated 3x3 convs (atrous; layers.atrous_plan), so the last endpoints have stride
+      N, e.g. 8 at 224 px: block3/block4 28x28. N must be a stride the model passes
+      through: ResNet/RevNet {4, 8, 16, 32} ({1, 2, 4, 8} with small_input, {2, 4, 8}
+      with patch_strides), tiny_cnn {2, 4, 8} ({1, 2, 4}). The parameters are the same
+      as without it. vgg19_bn: not supported (ValueError).
 
   Returns:
     An unbound flax.linen Module.
@@ -97,6 +163,12 @@ def create_model(name, *, num_classes, width=4, dtype='float32', patch_strides=F
     raise ValueError(f'last_relu={last_relu!r} is not allowed for resnet50_v1 (the study '
                      'rejects it: v1 has no final BN and always ends in a ReLU); allowed: '
                      'last_relu=True, or use resnet50_v2/revnet50 for the "(-)" variants')
+  if not _is_int(output_stride) or output_stride < 0:
+    raise ValueError(f'output_stride={output_stride!r} must be an integer >= 0 (0: the '
+                     "model's own)")
+  endpoint_strides(name, small_input=small_input, patch_strides=patch_strides,
+                   output_stride=int(output_stride))  # Raises for unreachable values.
   return MODELS[name](num_classes=int(num_classes), width=int(width), dtype=DTYPES[dtype_name],
                       patch_strides=bool(patch_strides), small_input=bool(small_input),
-                      last_relu=bool(last_relu), bn_axis_name=bn_axis_name)
+                      last_relu=bool(last_relu), bn_axis_name=bn_axis_name,
+                      output_stride=int(output_stride))

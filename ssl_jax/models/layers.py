@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -25,35 +26,81 @@ def _pair(k: Union[int, Sequence[int]]) -> tuple:
   return (k, k) if isinstance(k, int) else tuple(k)
 
 
-def fixed_padding(x, kernel_size: Union[int, Sequence[int]]):
+def fixed_padding(x, kernel_size: Union[int, Sequence[int]], dilation: int = 1):
   """Pads H and W of x [N,H,W,C] with zeros: (k-1)//2 before, the rest after.
 
   Unlike TF/Flax 'SAME' (which puts the extra pixel after and pads nothing before when the
   stride divides the size), this is independent of the input size and the stride.
+  With `dilation` r, k is the dilated kernel's extent (k - 1) * r + 1 (TF-slim's atrous
+  convs pad the same way), so a stride-1 dilated conv keeps the size.
   """
   pads = []
   for k in _pair(kernel_size):
-    total = k - 1
+    total = (k - 1) * dilation
     pads.append((total // 2, total - total // 2))
   return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
 
 
 def conv(features: int, kernel_size, strides=1, *, dtype: Dtype, padding='VALID',
-         name: Optional[str] = None) -> nn.Conv:
-  """A bias-free trunk conv (Glorot-uniform kernel, float32 params, `dtype` compute)."""
+         dilation: int = 1, name: Optional[str] = None) -> nn.Conv:
+  """A bias-free trunk conv (Glorot-uniform kernel, float32 params, `dtype` compute).
+
+  `dilation` r > 1 makes it atrous (taps r pixels apart); the parameters do not change.
+  """
   return nn.Conv(features, _pair(kernel_size), strides=_pair(strides), padding=padding,
-                 use_bias=False, kernel_init=KERNEL_INIT, dtype=dtype,
-                 param_dtype=jnp.float32, name=name)
+                 kernel_dilation=_pair(dilation), use_bias=False, kernel_init=KERNEL_INIT,
+                 dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def conv_fixed(x, features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype,
-               name: str):
+               name: str, dilation: int = 1):
   """Fixed padding then a VALID bias-free conv; call from inside a compact method.
 
-  x [N,H,W,Cin] -> [N, ceil(H/strides), ceil(W/strides), features] for odd kernel sizes.
+  x [N,H,W,Cin] -> [N, ceil(H/strides), ceil(W/strides), features] for odd kernel sizes
+  (any `dilation`: the padding covers the dilated kernel).
   """
-  return conv(features, kernel_size, strides, dtype=dtype, name=name)(
-      fixed_padding(x, kernel_size))
+  return conv(features, kernel_size, strides, dtype=dtype, dilation=dilation, name=name)(
+      fixed_padding(x, kernel_size, dilation))
+
+
+def atrous_plan(root_stride: int, stage_strides: Sequence[int], output_stride: int = 0,
+                model: str = 'model'):
+  """Per-stage (stride, rate_before, rate_after) for an output stride (atrous convolution).
+
+  The stages of a trunk nominally multiply the stride of their input (`root_stride`,
+  that of after_root) by `stage_strides`. With output_stride = 0 every stage keeps its
+  stride (rates 1). Otherwise, once the stride reaches output_stride, later stages run at
+  stride 1 and their 3x3 convs are dilated instead (Chen et al., DeepLab; TF-slim's
+  `output_stride`): a stage whose stride s is removed has rate_after = rate_before * s.
+  Ops that consumed the stride (ResNet: the first unit's strided 3x3 conv and 1x1
+  projection; RevNet: the average pool before the stage) run at stride 1 with
+  rate_before; every later conv of the stage uses rate_after. In inference mode the
+  dilated trunk's endpoints, subsampled every (stride ratio) pixels from the origin,
+  equal the original trunk's (tested), so checkpoints transfer both ways.
+
+  Returns:
+    list of (stride, rate_before, rate_after) per stage.
+  Raises:
+    ValueError: output_stride not reachable: it must be 0 or one of the strides the
+      nominal trunk passes through, from root_stride up to its own output stride.
+  """
+  reachable = [root_stride]
+  for s in stage_strides:
+    if s > 1:
+      reachable.append(reachable[-1] * s)
+  if isinstance(output_stride, bool) or not isinstance(output_stride, (int, np.integer)) or (
+      output_stride and output_stride not in reachable):
+    raise ValueError(f'output_stride={output_stride!r} is not reachable by {model}; allowed: '
+                     f'0 (its own, {reachable[-1]}) or one of {reachable}')
+  current, rate, plan = root_stride, 1, []
+  for s in stage_strides:
+    if output_stride and current * s > output_stride:
+      plan.append((1, rate, rate * s))
+      rate *= s
+    else:
+      plan.append((s, rate, rate))
+      current *= s
+  return plan
 
 
 def batch_norm(*, train: bool, dtype: Dtype, axis_name: Optional[str]):
@@ -127,6 +174,9 @@ class Trunk(nn.Module):
     small_input: 32/64-px full images: 3x3 stride-1 root conv and no root max-pool.
     last_relu: ReLU after the final BN (ResNet v2 / RevNet); False = the paper's "(-)".
     bn_axis_name: axis name for cross-device BN statistics; None = per-device.
+    output_stride: 0 = the model's own strides; N > 0: the stages that would take the
+      stride past N run at stride 1 with dilated 3x3 convs (see atrous_plan), so the
+      last endpoints keep stride N (dense heads: colorization). Parameters unchanged.
   """
   num_classes: int
   width: int = 4
@@ -135,3 +185,4 @@ class Trunk(nn.Module):
   small_input: bool = False
   last_relu: bool = True
   bn_axis_name: Optional[str] = None
+  output_stride: int = 0

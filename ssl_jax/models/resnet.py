@@ -3,6 +3,9 @@
 Widths for widening factor k: root conv 16k, stage outputs 64k/128k/256k/512k, bottleneck
 inner width = stage width / 4, pre-logits 512k. k=4 is the standard ResNet50.
 The stride of a bottleneck sits on its 3x3 conv ("v1.5"), never on the first 1x1.
+`output_stride` (layers.atrous_plan): stages past it run at stride 1 with dilated 3x3
+convs; the stage's first unit (whose stride is removed) keeps the previous rate, its
+later units take the rate times the removed stride (DeepLab / TF-slim semantics).
 """
 from typing import Any, ClassVar, Optional
 
@@ -20,6 +23,7 @@ class BottleneckV1(nn.Module):
   strides: int = 1
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
+  dilation: int = 1  # Of the 3x3 conv (atrous stages, see layers.atrous_plan).
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -33,7 +37,7 @@ class BottleneckV1(nn.Module):
     y = conv(self.features // 4, 1, 1, 'conv1')(x)
     y = nn.relu(norm(name='bn1')(y))
     y = layers.conv_fixed(y, self.features // 4, 3, self.strides, dtype=self.dtype,
-                          name='conv2')
+                          dilation=self.dilation, name='conv2')
     y = nn.relu(norm(name='bn2')(y))
     y = conv(self.features, 1, 1, 'conv3')(y)
     y = norm(name='bn3')(y)
@@ -50,6 +54,7 @@ class BottleneckV2(nn.Module):
   strides: int = 1
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
+  dilation: int = 1  # Of the 3x3 conv (atrous stages, see layers.atrous_plan).
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -62,7 +67,7 @@ class BottleneckV2(nn.Module):
     y = conv(self.features // 4, 1, 1, 'conv1')(x)
     y = nn.relu(norm(name='bn2')(y))
     y = layers.conv_fixed(y, self.features // 4, 3, self.strides, dtype=self.dtype,
-                          name='conv2')
+                          dilation=self.dilation, name='conv2')
     y = nn.relu(norm(name='bn3')(y))
     y = conv(self.features, 1, 1, 'conv3')(y)
     return shortcut + y
@@ -74,7 +79,8 @@ class ResNet(layers.Trunk):
   `__call__(x f32[N,H,W,C], train) -> (logits f32[N,num_classes], endpoints)` with
   endpoints after_root, block1..block4 (NHWC) and pre_logits, logits ([N,C]), all float32
   (num_classes=0: the trunk alone, returning pre_logits and no logits endpoint).
-  At 224 px: after_root/block1 56x56, block2 28, block3 14, block4 7.
+  At 224 px: after_root/block1 56x56, block2 28, block3 14, block4 7; with
+  output_stride=8: block3 and block4 28 (dilation 2 and 4), 16: block4 14.
   """
   version: ClassVar[str] = 'v2'
   stage_sizes: ClassVar[tuple] = (3, 4, 6, 3)
@@ -100,10 +106,14 @@ class ResNet(layers.Trunk):
 
     # Stage 1 keeps the resolution; stages 2-4 stride their first unit (patch: 2, 2, 1).
     strides = (1, 2, 2, 1 if self.patch_strides else 2)
-    for i, (n, stride) in enumerate(zip(self.stage_sizes, strides)):
+    root_stride = s * (1 if self.small_input else 2)
+    plan = layers.atrous_plan(root_stride, strides, self.output_stride,
+                              f'resnet50_{self.version}')
+    for i, (n, (stride, rate0, rate)) in enumerate(zip(self.stage_sizes, plan)):
       for j in range(n):
         x = unit(64 * self.width * 2**i, stride if j == 0 else 1, dtype=self.dtype,
-                 bn_axis_name=self.bn_axis_name, name=f'block{i + 1}_unit{j + 1}')(x, train)
+                 bn_axis_name=self.bn_axis_name, dilation=rate0 if j == 0 else rate,
+                 name=f'block{i + 1}_unit{j + 1}')(x, train)
       endpoints[f'block{i + 1}'] = x
 
     if not v1:  # block4 is recorded before the final BN(+ReLU).

@@ -8,6 +8,7 @@ Stages of (3, 4, 6, 3) reversible units at 64k, 128k, 256k, 512k channels, joine
 from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ssl_jax.models import layers
@@ -15,15 +16,37 @@ from ssl_jax.models import layers
 Dtype = Any
 
 
-def pool_and_double(x, stride: int):
+def dilated_mean_pool(x, window: int, rate: int):
+  """Stride-1 mean over `window` x `window` taps `rate` pixels apart, padded at the end.
+
+  x [N,H,W,C] -> [N,H,W,C]: out[i, j] = mean of x[i + r*a, j + r*b] for 0 <= a, b < window
+  over the taps inside the image (padding not counted). Subsampled every window * rate
+  pixels from the origin it equals SAME avg-pooling (window, stride = window) of x
+  subsampled every `rate` pixels: the atrous form of pool_and_double's pool.
+  """
+  pad = ((0, 0), (0, rate * (window - 1)), (0, rate * (window - 1)), (0, 0))
+  reduce = lambda v: jax.lax.reduce_window(
+      v, jnp.zeros((), v.dtype), jax.lax.add, (1, window, window, 1), (1, 1, 1, 1), pad,
+      window_dilation=(1, rate, rate, 1))
+  total = reduce(x)
+  count = reduce(jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype))
+  return total / count
+
+
+def pool_and_double(x, stride: int, atrous_rate: int = 0):
   """Average-pools (window = stride, SAME) and doubles channels with zeros.
 
   x [N,H,W,C] -> [N,ceil(H/stride),ceil(W/stride),2C]: C/2 zero channels in FRONT, the
   pooled x, C/2 zero channels at the BACK. The placement decides which features land in
   the next unit's x1 (first half) vs x2 (second half), so it is kept exactly.
   Padded pixels do not count in the average (TF's SAME avg-pool); stride 1 only doubles.
+  atrous_rate > 0 (output_stride): the pool of a stride-`stride` stage removed by
+  layers.atrous_plan, at stride 1 and dilated by atrous_rate (dilated_mean_pool); the
+  size is kept.
   """
-  if stride > 1:
+  if atrous_rate:
+    x = dilated_mean_pool(x, stride, atrous_rate)
+  elif stride > 1:
     x = nn.avg_pool(x, (stride, stride), strides=(stride, stride), padding='SAME',
                     count_include_pad=False)
   half = x.shape[-1] // 2
@@ -38,6 +61,7 @@ class RevUnit(nn.Module):
   """
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
+  dilation: int = 1  # Of the 3x3 conv (atrous stages).
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -47,7 +71,8 @@ class RevUnit(nn.Module):
     g = nn.relu(norm(name='bn1')(x2))
     g = layers.conv(c // 8, 1, dtype=self.dtype, name='conv1')(g)
     g = nn.relu(norm(name='bn2')(g))
-    g = layers.conv_fixed(g, c // 8, 3, 1, dtype=self.dtype, name='conv2')
+    g = layers.conv_fixed(g, c // 8, 3, 1, dtype=self.dtype, dilation=self.dilation,
+                          name='conv2')
     g = nn.relu(norm(name='bn3')(g))
     g = layers.conv(c // 2, 1, dtype=self.dtype, name='conv3')(g)
     return jnp.concatenate([x2, x1 + g], axis=-1)
@@ -60,6 +85,9 @@ class RevNet(layers.Trunk):
   endpoints after_root, block1..block4 (NHWC, recorded before pooling) and pre_logits
   ([N,512k]), logits, all float32. At 224 px: after_root/block1 56, block2 28, block3 14,
   block4 7. patch_strides: root stride 1 and the last pool_and_double only doubles.
+  output_stride (layers.atrous_plan): a removed stage stride turns its pool into a
+  stride-1 dilated mean (rate before) and dilates every 3x3 conv of the stage (rate
+  after); at 224 px with output_stride=8, block3 and block4 are 28x28.
   """
   stage_sizes: ClassVar[tuple] = (3, 4, 6, 3)
 
@@ -75,11 +103,15 @@ class RevNet(layers.Trunk):
     endpoints['after_root'] = x
 
     pool_strides = (2, 2, 1 if self.patch_strides else 2)
-    for i, n in enumerate(self.stage_sizes):
+    root_stride = s * (1 if self.small_input else 2)
+    plan = layers.atrous_plan(root_stride, (1,) + pool_strides, self.output_stride,
+                              'revnet50')
+    for i, (n, (stride, rate0, rate)) in enumerate(zip(self.stage_sizes, plan)):
       if i > 0:
-        x = pool_and_double(x, pool_strides[i - 1])
+        x = pool_and_double(x, pool_strides[i - 1], atrous_rate=rate0 if stride == 1 and
+                            pool_strides[i - 1] > 1 else 0)
       for j in range(n):
-        x = RevUnit(dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+        x = RevUnit(dtype=self.dtype, bn_axis_name=self.bn_axis_name, dilation=rate,
                     name=f'block{i + 1}_unit{j + 1}')(x, train)
       endpoints[f'block{i + 1}'] = x
 

@@ -19,7 +19,9 @@ class TinyCNN(layers.Trunk):
   after_root [N,H/s,W/s,4k], block1 [.., 8k], block2 [.., 16k] (NHWC, ceil of each
   halving), pre_logits [N,16k] (global mean of block2), logits [N,num_classes] when
   num_classes > 0; all float32. s = 2 unless `small_input` or `patch_strides` (1);
-  `last_relu` is ignored. Any input size >= 1 px works.
+  `last_relu` is ignored. Any input size >= 1 px works. `output_stride`
+  (layers.atrous_plan): block1 / block2 run at stride 1 with their 3x3 conv dilated
+  by the rate of the removed strides before them (the first removed conv keeps rate 1).
   """
 
   @nn.compact
@@ -27,10 +29,12 @@ class TinyCNN(layers.Trunk):
     norm = layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)
     endpoints = {}
     root_stride = 1 if (self.small_input or self.patch_strides) else 2
-    for name, mult, stride in (('after_root', 4, root_stride), ('block1', 8, 2),
-                               ('block2', 16, 2)):
+    plan = [(root_stride, 1, 1)] + layers.atrous_plan(root_stride, (2, 2),
+                                                      self.output_stride, 'tiny_cnn')
+    for (name, mult), (stride, rate, _) in zip(
+        (('after_root', 4), ('block1', 8), ('block2', 16)), plan):
       x = layers.conv_fixed(x, mult * self.width, 3, stride, dtype=self.dtype,
-                            name=f'{name}_conv')
+                            dilation=rate, name=f'{name}_conv')
       x = nn.relu(norm(name=f'{name}_bn')(x))
       endpoints[name] = x
     x = layers.global_mean(x)

@@ -3,7 +3,7 @@
 Width w = 8k (k=8 is vanilla VGG19: 64 first-layer filters). No dropout (BN instead).
 The study applies neither the patch-task strides nor a ReLU option to VGG: the fields
 `patch_strides`, `small_input` and `last_relu` exist for a uniform interface and are
-ignored here.
+ignored here; `output_stride` is not supported (only 0: ValueError otherwise).
 """
 import flax.linen as nn
 
@@ -24,6 +24,9 @@ class VGG19BN(layers.Trunk):
 
   @nn.compact
   def __call__(self, x, train: bool):
+    if self.output_stride:
+      raise ValueError(f'output_stride={self.output_stride} is not supported by vgg19_bn '
+                       '(allowed: 0)')
     norm = layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)
 
     def conv_bn_relu(x, features, kernel, padding, name):

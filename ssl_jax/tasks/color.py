@@ -635,13 +635,39 @@ def _cache_base(directory, dataset_name, grid, rule, goyal_quirks, exclude_grey)
 _ARRAYS = ('centers', 'counts', 'prior')
 
 
+def cached_bins(dataset_name, grid=10, rule='data', *, goyal_quirks=False,
+                exclude_grey=False, cache_dir=None):
+  """The bins get_bins cached for these arguments, or None if none is cached (no work).
+
+  Returns get_bins' dict ('how' = 'loaded') or None. Raises ValueError for a bad grid or
+  rule.
+  """
+  grid = _check_grid(grid)
+  if rule not in RULES:
+    raise ValueError(f'rule={rule!r}; allowed: {", ".join(RULES)}')
+  base = _cache_base(cache_dir or default_cache_dir(), dataset_name, grid, rule,
+                     bool(goyal_quirks), bool(exclude_grey))
+  try:
+    with np.load(base + '.npz') as z:
+      arrays = {k: z[k] for k in _ARRAYS}
+    with open(base + '.json') as f:
+      out = dict(json.load(f), **arrays)
+    if out['centers'].shape != (out['num_bins'], 2) or out['dataset'] != dataset_name:
+      raise ValueError('stale cache file')
+  except (OSError, ValueError, KeyError, EOFError):
+    return None
+  out['how'] = 'loaded'
+  out['cache'] = base
+  return out
+
+
 def get_bins(dataset_name, images_fn, grid=10, rule='data', *, goyal_quirks=False,
              exclude_grey=False, cache_dir=None, rebuild=False):
   """Bins of a dataset, derived once and cached on disk; logs the bin count.
 
   Args:
     dataset_name: cache key naming the images, split included (e.g.
-      'cifar10:train[:45000]'); any string.
+      dataset_key(config.data) = 'cifar10:train[:45000]@32px'); any string.
     images_fn: () -> images as accepted by derive_bins; called only on a
       cache miss.
     grid, rule, goyal_quirks, exclude_grey: as derive_bins.
@@ -658,16 +684,8 @@ def get_bins(dataset_name, images_fn, grid=10, rule='data', *, goyal_quirks=Fals
   base = _cache_base(directory, dataset_name, grid, rule, bool(goyal_quirks), bool(exclude_grey))
   out = None
   if not rebuild:
-    try:
-      with np.load(base + '.npz') as z:
-        arrays = {k: z[k] for k in _ARRAYS}
-      with open(base + '.json') as f:
-        out = dict(json.load(f), **arrays)
-      if out['centers'].shape != (out['num_bins'], 2) or out['dataset'] != dataset_name:
-        raise ValueError('stale cache file')
-      out['how'] = 'loaded'
-    except (OSError, ValueError, KeyError, EOFError):
-      out = None
+    out = cached_bins(dataset_name, grid, rule, goyal_quirks=goyal_quirks,
+                      exclude_grey=exclude_grey, cache_dir=directory)
   if out is None:
     t0 = time.time()
     out = derive_bins(images_fn(), grid, rule, goyal_quirks=goyal_quirks,
@@ -681,6 +699,41 @@ def get_bins(dataset_name, images_fn, grid=10, rule='data', *, goyal_quirks=Fals
                dataset_name, out['num_bins'], rule, grid,
                ', goyal_quirks' if goyal_quirks else '', out['how'], base)
   return out
+
+
+def dataset_key(data_config, split_name='train', max_images=-1):
+  """The cache key of a config's split: '<tfds name>:<split>@<size>px[:first<N>]'.
+
+  The images are the split decoded and resized to data.image_size (dataset_images),
+  so the size is part of the key; so is a max_images limit.
+  """
+  d = data_config
+  key = f'{d.name}:{d[f"{split_name}_split"]}@{d.image_size}px'
+  return key + (f':first{max_images}' if max_images and max_images > 0 else '')
+
+
+def dataset_images(config, split_name='train', max_images=-1, batch_size=1024):
+  """Yields uint8 [n, S, S, 3] batches of a config's split at data.image_size, in order.
+
+  The whole split on every host (each derives the same bins), decoded and resized
+  ('decode|resize(S)', a no-op at the native size) by the tf.data pipeline:
+  imports input_pipeline, hence TensorFlow, on first use (call only on a cache miss).
+  max_images > 0 stops after the first max_images images.
+  """
+  import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow: cache miss only)
+  it = input_pipeline.get_dataset(config, split_name, train=False, batch_size=batch_size,
+                                  shard_by_process=False,
+                                  pp=f'decode|resize({config.data.image_size})')
+  left = max_images if max_images and max_images > 0 else None
+  for batch in it:
+    images = np.asarray(batch['image'])[np.asarray(batch['mask'])]
+    if left is not None:
+      images = images[:left]
+      left -= len(images)
+    if len(images):
+      yield images
+    if left is not None and left <= 0:
+      return
 
 
 def _save(base, out):
@@ -707,6 +760,8 @@ def main(argv=None):
   parser.add_argument('--rule', nargs='+', default=['data'], choices=RULES)
   parser.add_argument('--goyal_quirks', action='store_true')
   parser.add_argument('--exclude_grey', action='store_true')
+  parser.add_argument('--max_images', type=int, default=-1,
+                      help='count only the first N images of the split (-1: all)')
   parser.add_argument('--data_dir', default=None)
   parser.add_argument('--cache_dir', default=None)
   parser.add_argument('--rebuild', action='store_true')
@@ -719,18 +774,15 @@ def main(argv=None):
   config.data = common.data_config(args.dataset)
   if args.data_dir:
     config.data.data_dir = args.data_dir
-  split = config.data[f'{args.split}_split']
-  name = f'{args.dataset}:{split}'
+  name = dataset_key(config.data, args.split, args.max_images)
 
   @functools.lru_cache(maxsize=1)
   def histogram():  # Loaded and counted once, only on a cache miss.
-    import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow: CLI, cache miss only)
     t0 = time.time()
-    arr = input_pipeline.load_arrays(config, args.split)[0]
-    t1 = time.time()
-    hist = colour_histogram(arr, exclude_grey=args.exclude_grey)
-    print(f'loaded {name} {arr.shape} in {t1 - t0:.1f} s, colour histogram '
-          f'({len(hist["codes"])} colours) in {time.time() - t1:.1f} s', flush=True)
+    hist = colour_histogram(dataset_images(config, args.split, args.max_images),
+                            exclude_grey=args.exclude_grey)
+    print(f'loaded and counted {name}: {hist["num_images"]} images, '
+          f'{len(hist["codes"])} colours, in {time.time() - t0:.1f} s', flush=True)
     return hist
 
   for rule in args.rule:
