@@ -364,8 +364,9 @@ def train_and_evaluate(config, workdir, arrays=None):
     arrays: optional {'train': (u8 images, labels), 'val': (...)} for
       `config.data.source == 'in_memory'` without TensorFlow.
   Returns:
-    dict: the final `step`, the last held-out evaluation `val` and the logged
-    training means `train_history` (one dict per log step).
+    dict: the final `step`, the last held-out evaluation `val`, the logged training
+    means `train_history` (one dict per log step), `preempted` (stopped by SIGTERM)
+    and the final train `state` (replicated device arrays).
   """
   # --- Setup --------------------------------------------------------------------
   # Every bad value, missing dataset / split, unwritable or foreign workdir is one
@@ -533,7 +534,8 @@ def train_and_evaluate(config, workdir, arrays=None):
     manager.wait_until_finished()
     manager.close()
     writer.flush()
-  return {'step': step, 'val': last_eval, 'train_history': history, 'preempted': preempted}
+  return {'step': step, 'val': last_eval, 'train_history': history, 'preempted': preempted,
+          'state': state}
 
 
 def _flag_on_sigterm(flag):
