@@ -13,24 +13,33 @@ Prints ONE table (and writes it as JSON with --out):
       evaluation (`linear_eval.evaluate_arrays`, configs/linear_eval.py:cifar10, cached
       features) with the random-init baseline: test top-1 per endpoint, baseline, gain.
 Every part has a time share and the whole run a deadline (default 460 s: under 8 minutes
-on one H100/H200); results are written after each part, so a killed run keeps its rows.
+on one H100/H200, data decoding included); results are written after each part, so a
+killed run keeps its rows. Compiles always run (each pair's ratio needs both programs);
+the shares bound the timed steps (a: 70 s, b: 100 s), and (c) trains for
+min(--train_seconds = 240, what the deadline leaves after 155 s kept for the held-out
+rotation accuracy, the checkpoint and the linear evaluation with its baseline), at least
+30 s: a slow compile shortens the training, never the evaluation. `--parts c` alone gives
+(c) its full 240 s. The table says how long each part took.
 
 The schedule of (c) is the preset's compressed onto the budget: the learning rate is the
 preset's peak (optim.peak_learning_rate) times the preset's step schedule evaluated at the
 fraction of the budget used (warm-up 5/100, x0.1 at 50/100 and 80/100 of the time), set
 before every step through an `optax.inject_hyperparams(optax.scale)` stage appended to the
 engine's optimizer (equivalent to scaling the learning rate: momentum SGD scales the
-momentum buffer by the rate after accumulating it). Wall-clock based, so not bit-repeatable.
+momentum buffer by the rate after accumulating it). Wall-clock based: not bit-repeatable.
 
 Data. The GPU machine has no TensorFlow, and the device tool carries at most 64 MiB, so the
 uint8 CIFAR-10 arrays (184 MB) do not travel. `--prepare DIR` (here, with TFDS) stores the
 JPEG bytes of the TFDS cifar10 splits (train[:45000], train[45000:], test; the preset's)
-as they are in TFDS (about 19 MB), checks that Pillow's decode of them equals
-`input_pipeline.load_arrays` image for image, records the arrays' sha256, and zips the
-installed pure-Python ml_collections (configs/ and ssl_jax.checkpoint import it; the GPU
-machine lacks it) into DIR/pylib. `--data DIR` decodes with Pillow (on the GPU machine),
+as they are in TFDS (deflated: 17.6 MiB, plus a 66 KiB zip), checks that Pillow's decode
+of them equals `input_pipeline.load_arrays` image for image, records the arrays' sha256,
+and zips the installed pure-Python ml_collections (configs/ and ssl_jax.checkpoint import
+it; the GPU machine lacks it) into DIR/pylib. `--data DIR` decodes with Pillow (on the GPU machine),
 checks the sha256 and puts DIR/pylib/*.zip on sys.path if ml_collections is missing.
 Without --data, (c) runs on random arrays of CIFAR-10's shape (marked 'synthetic').
+
+Overrides: --c_set KEY=VALUE (the pretext config, e.g. model.dtype=bfloat16), --le_set
+(the linear-eval config, e.g. eval.endpoints=pre_logits), --parts, --deadline.
 
 Here, once (TensorFlow and the prepared TFDS cifar10 needed; ~1 minute):
   python benchmarks/device_check.py --prepare .data/device_check

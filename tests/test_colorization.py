@@ -173,7 +173,8 @@ def test_one_training_step_with_a_dilated_tiny_trunk():
   inputs, targets = _pretext(task, images)
   assert targets['soft'].shape[1:3] == (4, 4)
   model = train.make_model(c, task)
-  variables = model.init(jax.random.key(0), {'colorization': inputs}, train=False)
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(
+      {'colorization': inputs})
 
   def loss_fn(params):
     (out, _), _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},

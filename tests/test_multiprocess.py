@@ -78,8 +78,10 @@ def _free_port():
 
 def test_two_processes_train_and_evaluate_as_one(tmp_path):
   port = str(_free_port())
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  # conftest's compile flags, without its 8 devices (each process has 4).
+  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
+                              if 'device_count' not in f)
   workdir = str(tmp_path / 'multi')
   procs = [subprocess.Popen([sys.executable, '-c', WORKER, str(i), port, workdir],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

