@@ -30,10 +30,11 @@ One objective evaluation (`objective`, a "pass") reads the features once: rows a
 processed in blocks that stay in cache, each block giving its logits and its share of
 the gradient before the next is read. The standardisation is folded into the weights
 (x~ V + c = x (s V) + (c - mu s V)), so the raw cache is read as is, never copied
-standardised. Measured on 2 CPU cores, 45,000 x 35,328 f32 (ResNet50 k=4's endpoints):
-0.71 s per pass against 0.21 s for a plain sum over the same arrays (numpy's BLAS: 2.26
-s for the same products); the pass is bound by XLA's dot kernels for 10 classes, not by
-memory. bfloat16 caches are widened to float32 one endpoint at a time before solving:
+standardised. Measured on 2 shared CPU cores, 45,000 x 35,328 f32 (ResNet50 k=4's
+endpoints, benchmarks/linear_eval.py): 0.71-0.84 s per pass against 0.17-0.21 s for a
+plain sum over the same arrays (4-5x one read, 2-2.5x the two reads of a logits pass
+then a gradient pass; numpy's BLAS: 2.3 s and more for the same products). The pass is
+bound by XLA's dot kernels for 10 classes, not by memory. bfloat16 caches are widened to float32 one endpoint at a time before solving:
 XLA's CPU backend converts and multiplies bf16 several times slower than it reads f32.
 """
 import functools
