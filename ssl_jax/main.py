@@ -96,6 +96,7 @@ def main(argv):
   from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
+  from ssl_jax import train  # pylint: disable=g-import-not-at-top
   try:
     code = _run_job(config, workdir)
   except config_lib.ConfigError as e:
@@ -103,6 +104,9 @@ def main(argv):
     # before anything compiled or was written; one line, no traceback.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except train.NonFiniteLossError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
   if code:
     sys.exit(code)
 

@@ -541,9 +541,22 @@ def _train_cached_heads(config, train_cfg, dev_train, train_labels, dev_val, val
     raise ValueError(f'config.eval.views={views} needs the sgd solver; {solver!r} '
                      'fits one view')
   if solver == 'lbfgs':
+    done = {}
+    grid = len(train_cfg['weight_decays'])
+
+    def progress(endpoint, info):  # one line per endpoint, once its L2 path is done
+      done.setdefault(endpoint, []).append(info)
+      if len(done[endpoint]) == grid:
+        path = done[endpoint]
+        capped = [i['weight_decay'] for i in path if not i['converged']]
+        logging.info('%s probe %s: %d L2 points, %s L-BFGS iterations, %.1f s, %s', prefix,
+                     endpoint, grid, '/'.join(str(i['iters']) for i in path),
+                     sum(i['seconds'] for i in path),
+                     f'NOT converged at wd {capped} (iteration cap)' if capped
+                     else 'all converged')
     return solvers.train_lbfgs(dev_train, train_labels, dev_val, val_y,
                                num_classes=num_classes, cfg=train_cfg,
-                               iters=config.eval.lbfgs_iters)
+                               iters=config.eval.lbfgs_iters, log_fn=progress)
   if solver == 'ridge':
     return solvers.train_ridge(dev_train, train_labels, dev_val, val_y,
                                num_classes=num_classes, cfg=train_cfg)
@@ -559,6 +572,9 @@ def _record(results, key, res, dev_test, test_y, kind, mode, solver):
                                       stats=_stats_for(res['stats'], sel))
   for name, s in sel.items():
     results[key][name] = _row(s, scores[name], count, res, mode, solver)
+    if res.get('solver_info', {}).get(name) is not None:  # L-BFGS: per L2 point
+      results[key][name]['solver_info'] = [
+          {k: v for k, v in i.items() if k != 'values'} for i in res['solver_info'][name]]
 
 
 def _stats_for(stats, sel):
