@@ -222,6 +222,43 @@ def test_spectral_preconditioner_flattens_the_top_of_the_spectrum():
   np.testing.assert_allclose(probs[0], probs[1], atol=2e-3)
 
 
+def _low_rank_relu_features(seed, n=3000, d=256, k=10, rank=96):
+  """Pooled features of a narrow trained trunk, as VGG19-BN k=1's block5 after a
+  rotation run: a quarter of the ReLUs dead (constant 0), the others always active,
+  so the standardised features have rank 96 < the preconditioner's rank 128."""
+  rng = np.random.RandomState(seed)
+  y = rng.randint(0, k, n)
+  proto = np.random.RandomState(7).randn(k, rank) * 0.3
+  mix = np.random.RandomState(8).randn(rank, d) * np.random.RandomState(9).uniform(0.1, 3, d)
+  x = (proto[y] + rng.randn(n, rank)) @ mix + 30.0
+  x[:, :64] = 0.0
+  return x.astype(np.float32), y.astype(np.int32)
+
+
+def test_preconditioner_on_rank_deficient_features_still_converges():
+  """The failing input of a real run (VGG19-BN block5: every L2 point stuck at the
+  iteration cap, 5 points below scikit-learn): standardised rank < preconditioner rank.
+  Every point converges, to the optimum found without the preconditioner."""
+  x, y = _low_rank_relu_features(0)
+  xv, yv = _low_rank_relu_features(1, n=1000)
+  cfg = dict(weight_decays=(1.0, 1e-1, 1e-2, 1e-3), standardize=True, tol=1e-4)
+  runs = [solvers.train_lbfgs({'a': jnp.asarray(x)}, y, {'a': jnp.asarray(xv)}, yv,
+                              num_classes=10, iters=300, cfg=dict(cfg, precond_rank=r))
+          for r in (128, 0)]
+  with_p, without = (r['solver_info']['a'] for r in runs)
+  for a, b in zip(with_p, without):
+    assert a['converged'] and b['converged'], (a['iters'], b['iters'])
+    assert a['value'] == pytest.approx(b['value'], rel=1e-3, abs=1e-4)
+  # The subspace: orthonormal columns where the features have variance, zero elsewhere.
+  stats = linear.feature_stats({'a': jnp.asarray(x)})['a']
+  (u, c), lam = solvers.spectral_preconditioner(jnp.asarray(x), stats, rank=128)
+  u, c, lam = (np.asarray(v, np.float64) for v in (u, c, lam))
+  live = lam > 1e-4 * lam[0]
+  assert live.sum() == 96
+  np.testing.assert_allclose(u[:, live].T @ u[:, live], np.eye(96), atol=1e-4)
+  assert np.all(c[~live] == 0.0) and np.all(np.abs(u[:64]) < 1e-6)
+
+
 def test_sgd_with_the_features_lr_decreases_where_the_study_lr_oscillates():
   """1,000 standardised correlated dims, batch 128: the study's lr (base 1.0 x 128/256
   here; 0.1 on 6,400 dims in the issue) jumps above the zero head's loss ln(4); the lr

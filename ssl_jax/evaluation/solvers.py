@@ -84,10 +84,15 @@ def _orthonormal(b):
   A Householder QR would be a LAPACK call on the tall matrix; on a shared 2-core host
   its threads contend with XLA's and took 0.1-7 s for 6,400 x 144 where these
   matrix products take milliseconds.
+
+  Directions of b's Gram below 1e-6 of its largest eigenvalue (b rank-deficient, e.g.
+  features whose dead columns leave z of low rank) become zero columns rather than
+  amplified rounding noise: the columns returned are orthonormal or zero.
   """
   for _ in range(2):
     s, v = jnp.linalg.eigh(b.T @ b)
-    b = b @ (v / jnp.sqrt(jnp.maximum(s, 1e-12 * s[-1]))[None, :])
+    keep = s > 1e-6 * s[-1]
+    b = b @ (v * jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, s, 1.0)), 0.0)[None, :])
   return b
 
 
@@ -113,7 +118,12 @@ def _preconditioner(x, mean, inv_std, *, rank, rows, iters):
   b = z @ q
   lam, v = jnp.linalg.eigh(b.T @ b / m)
   lam, u = lam[::-1][:rank], (q @ v[:, ::-1])[:, :rank]
-  floor = jnp.maximum(lam[-1], 1e-6 * lam[0])
+  # The top eigenvalues are mapped down to `floor`, never below the mean eigenvalue
+  # (trace / D): with sparse features (most ReLUs dead, e.g. VGG's block5) the
+  # subsample's r-th eigenvalue can be ~0 while the full data's tail is not, and
+  # mapping to ~0 would make the preconditioned problem far worse than the original
+  # (measured: L-BFGS stuck at its iteration cap on every L2 point).
+  floor = jnp.maximum(lam[-1], jnp.maximum(jnp.sum(z * z) / (m * d), 1e-6 * lam[0]))
   return u, jnp.sqrt(floor / jnp.maximum(lam, floor)) - 1.0, lam
 
 
