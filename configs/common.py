@@ -113,6 +113,21 @@ def get_config():
   return c
 
 
+def _smoke_loop(c):
+  """The smoke presets' loop: batch 16, 6 steps, an evaluation and a checkpoint every 3."""
+  c.input.shuffle_buffer = 256
+  c.input.cache = True
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.total_steps = 6
+  c.steps_per_epoch = 2
+  c.optimizer.warmup_epochs = 1.0
+  c.optimizer.decay_epochs = (2.0,)
+  c.log_every_steps = 2
+  c.eval_every_steps = 3
+  c.checkpoint_every_steps = 3
+
+
 def image_preset(c, preset):
   """Data, preprocessing and schedule of the full-image presets (rotation, supervised).
 
@@ -161,17 +176,7 @@ def image_preset(c, preset):
     c.data.image_size = 16
     c.input.pp_train = 'decode|resize(16)|flip_lr'
     c.input.pp_eval = 'decode|resize(16)'
-    c.input.shuffle_buffer = 256
-    c.input.cache = True
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.total_steps = 6
-    c.steps_per_epoch = 2
-    c.optimizer.warmup_epochs = 1.0
-    c.optimizer.decay_epochs = (2.0,)
-    c.log_every_steps = 2
-    c.eval_every_steps = 3
-    c.checkpoint_every_steps = 3
+    _smoke_loop(c)
     c.linear_eval_preset = 'smoke'
   else:
     raise ValueError(f'unknown preset {preset!r}')
@@ -266,17 +271,7 @@ def patch_preset(c, preset):
     geometry = patch_settings(patch_size=12, jitter=4, embed_dim=64, head_hidden=64)
     c.input.pp_train = 'decode|resize(48)|to_gray(0.66)|crop(48)'
     c.input.pp_eval = 'decode|resize(48)|to_gray(0.66)|crop(48)'
-    c.input.shuffle_buffer = 256
-    c.input.cache = True
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.total_steps = 6
-    c.steps_per_epoch = 2
-    c.optimizer.warmup_epochs = 1.0
-    c.optimizer.decay_epochs = (2.0,)
-    c.log_every_steps = 2
-    c.eval_every_steps = 3
-    c.checkpoint_every_steps = 3
+    _smoke_loop(c)
   else:
     raise ValueError(f'unknown preset {preset!r}')
   # The linear-evaluation preset of the same data (patch geometry is automatic there).
