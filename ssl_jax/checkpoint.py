@@ -226,9 +226,7 @@ def structural_differences(saved, config):
   missing = object()
   diffs = []
   for k in keys:
-    va, vb = a.get(k, missing), b.get(k, missing)
-    va = tuple(va) if isinstance(va, list) else va
-    vb = tuple(vb) if isinstance(vb, list) else vb
+    va, vb = a.get(k, missing), b.get(k, missing)  # (_flat made lists tuples)
     if va != vb:
       diffs.append((k, '<absent>' if va is missing else va, '<absent>' if vb is missing else vb))
   return diffs

@@ -32,12 +32,10 @@ def _allowed(key, value, allowed):
     raise ConfigError(f'config.{key}={value!r} is not allowed; allowed: {list(allowed)}')
 
 
-def _positive(key, value, allow_minus_one=False):
-  if allow_minus_one and value == -1:
-    return
+def _positive(key, value):
+  """For real-valued keys (sizes: check_sizes)."""
   if not value > 0:
-    extra = ' (or -1 for the default)' if allow_minus_one else ''
-    raise ConfigError(f'config.{key}={value!r} must be > 0{extra}')
+    raise ConfigError(f'config.{key}={value!r} must be > 0')
 
 
 def _get(config, key):
@@ -118,11 +116,8 @@ def validate(config, num_devices=None):
       raise ConfigError(
           f'config.{key}={config[key]} is not divisible by the {num_devices} '
           f'devices; allowed: a multiple of {num_devices}')
-  if config.total_steps == -1:
+  if config.total_steps == -1:  # (total_steps and every other size: check_sizes above)
     _positive('num_epochs', config.num_epochs)
-  else:
-    _positive('total_steps', config.total_steps)
-  _positive('steps_per_epoch', config.steps_per_epoch, allow_minus_one=True)
   o = config.optimizer
   from ssl_jax import optim  # pylint: disable=g-import-not-at-top
   _allowed('optimizer.name', o.name, optim.NAMES)
@@ -135,14 +130,6 @@ def validate(config, num_devices=None):
     raise ConfigError(f'config.optimizer.warmup_epochs={o.warmup_epochs} must be >= 0')
   if list(o.decay_epochs) != sorted(o.decay_epochs):
     raise ConfigError(f'config.optimizer.decay_epochs={tuple(o.decay_epochs)} must be increasing')
-  for key in ('log_every_steps', 'checkpoint_every_steps', 'max_to_keep'):
-    _positive(key, config[key])
-  if config.eval_every_steps != -1:
-    _positive('eval_every_steps', config.eval_every_steps, allow_minus_one=True)
-  pbn = config.precise_bn_batches
-  if not isinstance(pbn, int) or pbn < 0:
-    raise ConfigError(f'config.precise_bn_batches={pbn!r} must be an integer >= 0 '
-                      '(0: evaluate with the BN moving averages)')
   if config.run_linear_eval and not config.linear_eval_preset:
     raise ConfigError('config.run_linear_eval=True needs config.linear_eval_preset '
                       "(a preset of configs/linear_eval.py, e.g. 'cifar10')")
@@ -191,10 +178,7 @@ def _trunk_builds(name, size, channels, model_config):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ssl_jax import models  # pylint: disable=g-import-not-at-top
-  m = dict(model_config)
-  trunk = models.create_model(name, num_classes=0, width=1, patch_strides=m['patch_strides'],
-                              small_input=m['small_input'], last_relu=m['last_relu'],
-                              **models.extra_options(m))
+  trunk = models.create_trunk(dict(model_config, name=name), width=1, dtype='float32')
   x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
   try:
     variables = jax.eval_shape(lambda x: trunk.init(jax.random.key(0), x, train=False), x)

@@ -72,11 +72,8 @@ class PretextModel(nn.Module):
 
   def setup(self):
     m = self.model
-    self.trunk = models.create_model(
-        m['name'], num_classes=0, width=m['width'], dtype=m['dtype'],
-        patch_strides=m['patch_strides'], small_input=m['small_input'],
-        last_relu=m['last_relu'], bn_axis_name=AXIS if m['cross_device_bn'] else None,
-        **models.extra_options(m))
+    self.trunk = models.create_trunk(
+        m, bn_axis_name=AXIS if m['cross_device_bn'] else None)
     self.heads = HeadSet(self.specs)
 
   def __call__(self, inputs, train):

@@ -190,12 +190,8 @@ def test_linear_eval_bad_values_and_missing_steps(trained, tmp_path):
 ])
 def test_pretext_bad_values_fail_validation(key, value, match):
   c = _config()
-  node = c
-  *parents, leaf = key.split('.')
-  for p in parents:
-    node = node[p]
   with c.ignore_type():
-    node[leaf] = value
+    c.update_from_flattened_dict({key: value})
   with pytest.raises(config_lib.ConfigError, match=match.replace('(', r'\(').replace('|', r'\|')):
     config_lib.validate(c, num_devices=8)
 

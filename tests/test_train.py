@@ -40,9 +40,9 @@ def _tiny_config(**model):
 class _Stepper:
   """One compiled train step on `devices`, reusable across batches of one shape."""
 
-  def __init__(self, config, devices, image_shape):
-    self.task = tasks.get_task(config.task, config)
-    model = train.make_model(config, self.task)
+  def __init__(self, config, devices, image_shape, task=None, model=None):
+    self.task = task or tasks.get_task(config.task, config)
+    model = model or train.make_model(config, self.task)
     self.mesh = parallel.make_mesh(devices)
     tx_fn = lambda p: optim.make_optimizer(config.optimizer, p, optax.constant_schedule(0.5))
     self.state0, tx = train.init_state(config, self.task, model, self.mesh, image_shape, tx_fn)
@@ -114,30 +114,16 @@ def _smooth_model(bn_axis_name):
   return Smooth()
 
 
-class _SmoothStepper:
+def _smooth_stepper(devices, image_shape, bn_axis_name, seed=0):
   """One compiled step of the smooth model on `devices`, reusable across batches."""
-
-  def __init__(self, devices, image_shape, bn_axis_name, seed=0):
-    config = _tiny_config()
-    config.seed = seed
-    self.mesh = parallel.make_mesh(devices)
-    model = _smooth_model(bn_axis_name)
-    tx_fn = lambda p: optim.make_optimizer(config.optimizer, p, optax.constant_schedule(0.5))
-    self.state0, tx = train.init_state(config, _SmoothTask, model, self.mesh, image_shape,
-                                       tx_fn)
-    self.params0 = jax.device_get(self.state0['params'])
-    self.step = train.make_train_step(config, _SmoothTask, model, tx, self.mesh)
-
-  def __call__(self, images):
-    batch = {'image': images, 'label': np.zeros(len(images), np.int32),
-             'mask': np.ones(len(images), bool)}
-    state = jax.tree.map(lambda x: x.copy(), self.state0)  # the step donates its input
-    state, metrics = self.step(state, parallel.global_batch(self.mesh, batch))
-    return jax.device_get(state['params']), jax.device_get(metrics)
+  config = _tiny_config()
+  config.seed = seed
+  return _Stepper(config, devices, image_shape, task=_SmoothTask,
+                  model=_smooth_model(bn_axis_name))
 
 
 def _smooth_step(devices, images, bn_axis_name, seed=0):
-  s = _SmoothStepper(devices, images.shape[1:], bn_axis_name, seed)
+  s = _smooth_stepper(devices, images.shape[1:], bn_axis_name, seed)
   return (s.params0,) + s(images)
 
 
@@ -183,7 +169,7 @@ def test_per_device_bn_is_the_mean_of_per_shard_steps(images):
   # (and differs from the one-device step on the whole batch). The smooth model keeps
   # the comparison well-conditioned (see _SmoothTask).
   p0, p8, _ = _smooth_step(jax.devices(), images, None)
-  one_device = _SmoothStepper(jax.devices()[:1], images.shape[1:], None)
+  one_device = _smooth_stepper(jax.devices()[:1], images.shape[1:], None)
   shard_steps = [one_device(images[2 * i:2 * i + 2])[0] for i in range(8)]
   expected = jax.tree.map(lambda *xs: np.mean(xs, axis=0), *shard_steps)
   moved = _max_diff(p0, p8)
@@ -264,12 +250,8 @@ def test_config_errors_name_key_value_and_choices():
   }
   for (key, value), message in bad.items():
     c = _tiny_config()
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
     with c.ignore_type():
-      node[leaf] = value
+      c.update_from_flattened_dict({key: value})
     with pytest.raises(config_lib.ConfigError, match=message.replace('(', r'\(')):
       config_lib.validate(c)
   with pytest.raises(ValueError, match="unknown preset 'cifar100'"):

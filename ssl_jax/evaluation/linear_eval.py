@@ -141,11 +141,7 @@ def load_trunk(config, image_shape=None, eval_input=None):
   else:
     m, task, params, stats = config.model, 'random_init', None, None
     eval_input = eval_input or tasks.EvalInput('rgb', features.to_minus_one_one)
-  model = models.create_model(
-      m.name, num_classes=0, width=m.width,
-      dtype=config.eval.trunk_dtype or m.dtype, patch_strides=m.patch_strides,
-      small_input=m.small_input, last_relu=m.last_relu, bn_axis_name=None,
-      **models.extra_options(m))
+  model = models.create_trunk(m, dtype=config.eval.trunk_dtype or m.dtype)
   if params is None:
     if image_shape is None:
       raise ValueError('a random trunk needs the image shape')
@@ -302,18 +298,13 @@ def evaluate_with_baseline(config, trunk, source, *, writer=None):
   results['baseline'] = {k: base[k] for k in ('linear', 'mlp', 'knn', 'lowshot', 'timing')}
   results['baseline']['what'] = ('random-init trunk: same architecture, evaluation input, '
                                  'features, probe and seeds')
-  for key in ('linear', 'mlp'):
-    for name, row in results[key].items():
-      ref = base[key].get(name)
-      if ref is not None:
-        row['baseline_top1'] = ref['top1']
-        row['gain'] = row['top1'] - ref['top1']
-  for preset, d in results['knn'].items():
-    for name, row in d.items():
-      ref = base['knn'].get(preset, {}).get(name)
-      if ref is not None:
-        row['baseline_top1'] = ref['top1']
-        row['gain'] = row['top1'] - ref['top1']
+  pairs = [(results[k], base[k]) for k in ('linear', 'mlp')]
+  pairs += [(rows, base['knn'].get(preset, {})) for preset, rows in results['knn'].items()]
+  for rows, refs in pairs:
+    for name, row in rows.items():
+      if name in refs:
+        row['baseline_top1'] = refs[name]['top1']
+        row['gain'] = row['top1'] - refs[name]['top1']
   return results
 
 

@@ -47,13 +47,23 @@ def trunk_endpoints(name):
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def extra_options(model_config):
-  """create_model keyword arguments of config.model beyond the study's basic ones
-  (only those set to a non-default value, so older configs keep working)."""
-  out = {}
-  if model_config.get('output_stride', 0):
-    out['output_stride'] = int(model_config['output_stride'])
-  return out
+def create_trunk(model_config, **overrides):
+  """The trunk alone (num_classes=0) described by a `config.model` section.
+
+  Args:
+    model_config: a mapping with name, width, dtype, patch_strides, small_input,
+      last_relu and optionally output_stride (absent in configs older than it).
+    **overrides: create_model arguments that replace the section's (e.g. dtype,
+      bn_axis_name, width).
+  Returns:
+    a flax Module, see create_model.
+  """
+  m = model_config
+  kwargs = dict(width=m['width'], dtype=m['dtype'], patch_strides=m['patch_strides'],
+                small_input=m['small_input'], last_relu=m['last_relu'],
+                output_stride=int(m.get('output_stride', 0) or 0))
+  kwargs.update(overrides)
+  return create_model(m['name'], num_classes=0, **kwargs)
 
 
 # Nominal stride of the first stages (after_root's stride comes from the root).
