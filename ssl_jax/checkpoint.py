@@ -104,6 +104,14 @@ def _layout(path, step):
     return 1
 
 
+def saved_steps(workdir):
+  """Sorted steps with a directory in workdir/checkpoints ([] if none or no folder)."""
+  path = checkpoint_dir(workdir)
+  if not os.path.isdir(path):
+    return []
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
 def check_writable(workdir):
   """Creates workdir/checkpoints if needed and proves it writable (one-line OSError).
 
@@ -239,9 +247,7 @@ def check_resume(workdir, config):
   keys (task, model, the task's settings, optimizer name, image size) must match.
   """
   path = os.path.join(workdir, 'config.json')
-  ckpts = checkpoint_dir(workdir)
-  has_steps = os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts))
-  if not (os.path.exists(path) and has_steps):
+  if not (os.path.exists(path) and saved_steps(workdir)):
     return
   diffs = structural_differences(read_config(workdir), config)
   if diffs:

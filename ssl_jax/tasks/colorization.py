@@ -559,9 +559,9 @@ def main(argv=None):
 
   config = checkpoint.read_config(args.workdir)
   task = tasks.get_task('colorization', config)
-  path = os.path.join(os.path.abspath(args.workdir), checkpoint.CHECKPOINT_DIR)
-  step = max(int(d) for d in os.listdir(path) if d.isdigit())
-  state = checkpoint.restore_numpy(os.path.join(path, str(step), 'state'))
+  step = checkpoint.saved_steps(args.workdir)[-1]
+  state = checkpoint.restore_numpy(
+      os.path.join(checkpoint.checkpoint_dir(args.workdir), str(step), 'state'))
   model = train.make_model(config, task)
   bn = args.bn or ('precise' if config.precise_bn_batches > 0 else 'ema')
   if bn == 'precise':
