@@ -41,7 +41,6 @@ def main(argv=None):
   from configs import linear_eval as le_configs  # pylint: disable=g-import-not-at-top
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
-  from ssl_jax.evaluation import features  # pylint: disable=g-import-not-at-top
   from ssl_jax.evaluation import linear  # pylint: disable=g-import-not-at-top
   from ssl_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
   from ssl_jax.evaluation import solvers  # pylint: disable=g-import-not-at-top
@@ -51,15 +50,11 @@ def main(argv=None):
   trunk, source, _ = linear_eval.trunk_and_source(config)
   e = config.eval
   names = (args.endpoints.split(',') if args.endpoints else list(trunk['endpoints']))
-  fn = features.make_extract_fn(trunk['model'], names, eval_input=trunk['eval_input'],
-                                pool_mode=e.pool_mode, target_dims=e.target_dims,
-                                patch_combine=e.patch_combine, global_avg=e.global_avg,
-                                out_dtype=jnp.float32)
+  # The linear evaluation's own feature function and split sizes.
+  fn = linear_eval.extract_fn(config, trunk, names, jnp.float32)
   variables = jax.device_put(trunk['variables'])
   jit_fn = jax.jit(fn)
-  n_train = source.num_examples('train')
-  if e.max_train_examples > 0:
-    n_train = min(n_train, e.max_train_examples)
+  n_train = linear_eval.split_sizes(config, source)['train']
   t = time.perf_counter()
   data = {}
   for split, n in (('train', n_train), ('val', None), ('test', None)):

@@ -14,6 +14,7 @@
 TensorFlow is imported only by the TFDS source, lazily; `evaluate_arrays` runs the
 whole evaluation on numpy arrays without it.
 """
+import functools
 import json
 import logging
 import math
@@ -320,25 +321,43 @@ def trunk_and_source(config, arrays=None, trunk=None):
   return trunk, source, pp
 
 
+def extract_fn(config, trunk, endpoints, dtype=None):
+  """The feature function of `trunk` under config.eval (trunk input, pooling, target
+  dims, patch combination, global-average extras), see features.make_extract_fn.
+
+  dtype: the features' dtype (default: config.eval.cache_dtype).
+  """
+  e = config.eval
+  if dtype is None:
+    dtype = jnp.bfloat16 if e.cache_dtype == 'bfloat16' else jnp.float32
+  return features.make_extract_fn(
+      trunk['model'], endpoints, eval_input=trunk['eval_input'], pool_mode=e.pool_mode,
+      target_dims=e.target_dims, patch_combine=e.patch_combine, global_avg=e.global_avg,
+      out_dtype=dtype)
+
+
+def split_sizes(config, source):
+  """{split: examples evaluated}: the source's sizes, train capped by
+  config.eval.max_train_examples (> 0)."""
+  sizes = {s: source.num_examples(s) for s in SPLITS}
+  if config.eval.max_train_examples > 0:
+    sizes['train'] = min(sizes['train'], config.eval.max_train_examples)
+  return sizes
+
+
 def evaluate(config, trunk, source, *, writer=None):
   """Trains/selects/scores every head; returns the results dict."""
   e = config.eval
   names = _names(e.endpoints, trunk['endpoints'])
   eval_input = trunk['eval_input']
-  cache_dtype = jnp.bfloat16 if e.cache_dtype == 'bfloat16' else jnp.float32
-  make_fn = lambda eps, dtype=cache_dtype, gavg=e.global_avg: features.make_extract_fn(
-      trunk['model'], eps, eval_input=eval_input, pool_mode=e.pool_mode,
-      target_dims=e.target_dims, patch_combine=e.patch_combine, global_avg=gavg,
-      out_dtype=dtype)
+  make_fn = functools.partial(extract_fn, config, trunk)
   variables = jax.device_put(trunk['variables'])
   image_shape = source.image_shape(train=False)
   dims = features.feature_dims(make_fn(names), variables, image_shape)
   for section in ('mlp', 'knn', 'lowshot'):  # Typos fail now, not after training.
     if config[section].enabled:
       _names(config[section].endpoints, list(dims))
-  sizes = {s: source.num_examples(s) for s in SPLITS}
-  if e.max_train_examples > 0:
-    sizes['train'] = min(sizes['train'], e.max_train_examples)
+  sizes = split_sizes(config, source)
   num_classes = config.data.num_classes
   logging.info('trunk %s (%s), endpoints %s, pooled dims %s, splits %s', trunk['name'],
                trunk['task'], names, dims, sizes)
