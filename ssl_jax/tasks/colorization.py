@@ -428,14 +428,9 @@ def make_task(config, bins=None):
       validate=validate)
 
 
+@tasks.register('colorization')
 def build(config):
   return make_task(config)
-
-
-# Run as a script (the pictures CLI below), this file is also imported as
-# ssl_jax.tasks.colorization by the registry: only that module registers.
-if __name__ != '__main__':
-  tasks.register('colorization')(build)
 
 
 def bins_of(task):
@@ -445,7 +440,7 @@ def bins_of(task):
 
 
 # --------------------------------------------------------------------------
-# Pictures and held-out numbers of a trained run (host tools)
+# Pictures of predictions (host tools; the command line is ssl_jax.tools.colorize)
 # --------------------------------------------------------------------------
 
 def _linear_axis(x, axis, size, stride, offset):
@@ -524,113 +519,3 @@ def picture(rows, labels, scale=3, gap=2):
     for j, line in enumerate(label.split('\n')):
       draw.text((4, y + 12 * j), line, fill=(0, 0, 0))
   return image
-
-
-def main(argv=None):
-  """CLI: held-out pretext numbers and a picture of predicted colours of a trained run.
-
-    python -m ssl_jax.tasks.colorization --workdir W --out docs/colorization.png
-
-  Loads the last checkpoint (BN: its moving averages, or, --bn precise, the default
-  for runs with precise_bn_batches > 0, statistics re-estimated on training images)
-  and the config's held-out split (`val`; TensorFlow); prints the metrics of the
-  model and of two input-blind baselines (every pixel predicted as the bins' prior, or
-  as the prior times the rebalancing weights) on the first --eval_images images, then
-  saves the first --num images: original, L only, the targets at the head's
-  resolution, and the prediction (annealed mean, T).
-  """
-  import argparse  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  from ssl_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from ssl_jax import parallel  # pylint: disable=g-import-not-at-top
-  from ssl_jax import train  # pylint: disable=g-import-not-at-top
-  import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow: this CLI only)
-
-  parser = argparse.ArgumentParser(description=main.__doc__.split('\n')[0])
-  parser.add_argument('--workdir', required=True)
-  parser.add_argument('--out', default='')
-  parser.add_argument('--num', type=int, default=8)
-  parser.add_argument('--eval_images', type=int, default=2048)
-  parser.add_argument('--temperature', type=float, default=None)
-  parser.add_argument('--split', default='val', choices=('val', 'test'))
-  parser.add_argument('--bn', default='', choices=('', 'ema', 'precise'),
-                      help="'' = precise if the run used precise BN, else ema")
-  args = parser.parse_args(argv)
-
-  config = checkpoint.read_config(args.workdir)
-  task = tasks.get_task('colorization', config)
-  step = checkpoint.saved_steps(args.workdir)[-1]
-  state = checkpoint.restore_numpy(
-      os.path.join(checkpoint.checkpoint_dir(args.workdir), str(step), 'state'))
-  model = train.make_model(config, task)
-  bn = args.bn or ('precise' if config.precise_bn_batches > 0 else 'ema')
-  if bn == 'precise':
-    # As the run's val_* numbers: BN statistics re-estimated with the final weights,
-    # here over the first precise_bn_batches training batches (not augmented).
-    mesh = parallel.make_mesh()
-    train_images = input_pipeline.load_arrays(config, 'train', pp=config.input.pp_eval or None)[0]
-    b, k = config.batch_size, max(config.precise_bn_batches, 1)
-    batches = [(i, parallel.global_batch(mesh, {
-        'image': train_images[i * b:(i + 1) * b], 'label': np.zeros(b, np.int32),
-        'mask': np.ones(b, bool)})) for i in range(k)]
-    stats = train.precise_batch_stats(parallel.replicate(mesh, state),
-                                      train.make_bn_stats_step(config, task, model, mesh),
-                                      batches)
-    state = dict(state, batch_stats=jax.device_get(stats))
-  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
-
-  @jax.jit
-  def apply_fn(inputs):
-    out, _ = model.apply(variables, {'colorization': inputs}, train=False)
-    return out['colorization']
-
-  images = input_pipeline.load_arrays(config, args.split, pp=config.input.pp_eval or None)[0]
-  images = images[:max(args.eval_images, args.num)]
-  holder = bins_of(task)
-  # Input-blind baselines: the prior (best constant for the plain cross-entropy) and
-  # the prior times the rebalancing weights (about the best constant for the
-  # rebalanced loss, which weights each pixel by its nearest bin's weight).
-  prior = np.asarray(holder.data['prior'], np.float64)
-  baselines = {'prior': np.log(np.maximum(prior, 1e-12)),
-               'rebalanced_prior': np.log(np.maximum(prior * holder.weights, 1e-12))}
-  sums = {'model': {}, 'prior': {}, 'rebalanced_prior': {}}
-  chroma = {'prediction': 0.0, 'target': 0.0}
-  for i in range(0, min(args.eval_images, len(images)), 256):
-    batch = images[i:i + 256]
-    out = colorize(task, config, apply_fn, batch, temperature=args.temperature)
-    _, targets = task.pretext(jax.random.key(0), {'image': jnp.asarray(batch)}, train=False)
-    candidates = [('model', out['logits'])] + [
-        (k, jnp.broadcast_to(jnp.asarray(v, jnp.float32), out['logits'].shape))
-        for k, v in baselines.items()]
-    for name, logits in candidates:
-      _, m = task.loss(logits, targets, None)
-      for k, v in m.items():
-        sums[name][k] = sums[name].get(k, 0.0) + float(jnp.sum(v))
-    chroma['prediction'] += float(jnp.sum(jnp.mean(jnp.linalg.norm(out['pred_ab'], axis=-1),
-                                                   axis=(1, 2))))
-    chroma['target'] += float(jnp.sum(jnp.mean(jnp.linalg.norm(out['true_ab'], axis=-1),
-                                               axis=(1, 2))))
-  n = min(args.eval_images, len(images))
-  result = {'workdir': args.workdir, 'step': step, 'split': args.split, 'num_images': n,
-            'bn': bn,
-            'num_bins': holder.num_bins, 'temperature': args.temperature or
-            task.settings.temperature,
-            **{name: {k: v / n for k, v in m.items()} for name, m in sums.items()},
-            'mean_chroma': {k: v / n for k, v in chroma.items()}}
-  print(json.dumps(result, indent=1), flush=True)
-  if args.out:
-    out = colorize(task, config, apply_fn, images[:args.num], temperature=args.temperature)
-    t = result['temperature']
-    s = endpoint_and_stride(config)[1]
-    h = -(-images.shape[1] // s)
-    image = picture([images[:args.num], out['grey'], out['target'], out['prediction']],
-                    ['original', 'L input', f'true ab\nat {h}x{h}', f'predicted\nT={t}'])
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    image.save(args.out)
-    print(f'saved {args.out} ({image.size[0]}x{image.size[1]})', flush=True)
-  return 0
-
-
-if __name__ == '__main__':
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line tools (outside the task package: tasks never import the engine)."""
