@@ -24,6 +24,7 @@ setuptools.setup(
         'numpy>=1.26',
     ],
     extras_require={
+        'viz': ['matplotlib>=3.6,<4'],
         'test': ['pytest>=8', 'pytest-xdist>=3', 'scikit-image>=0.22', 'scikit-learn>=1.3', 'Pillow>=10'],
     },
 )
