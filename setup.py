@@ -25,6 +25,6 @@ setuptools.setup(
     ],
     extras_require={
         'viz': ['matplotlib>=3.6,<4'],
-        'test': ['pytest>=8', 'pytest-xdist>=3', 'scikit-image>=0.22', 'scikit-learn>=1.3', 'Pillow>=10'],
+        'test': ['pytest>=8', 'pytest-xdist>=3', 'scikit-image>=0.22', 'scikit-learn>=1.3', 'Pillow>=10', 'matplotlib>=3.6,<4'],
     },
 )
