@@ -29,6 +29,9 @@ Settings (config.tasks.exemplar):
                     True: standardised images, consistent with training.
 Pretext evaluation uses the training augmentation with a fixed seed (identical copies,
 as the study's eval-mode inception op gives, would make every distance 0).
+batch_size and eval_batch_size are global source images; the loss and nn_accuracy are
+mined per device, so each device needs >= 2 images in both (checked at start-up: one
+image has no negative). The study's configs have 8 (64 / 8 cores) and 2 (16 / 8).
 """
 import ml_collections
 

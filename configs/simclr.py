@@ -12,7 +12,15 @@ Presets:
   cifar10       the SimCLR README's CIFAR-10 recipe on ResNet50 k=4 with the small-input
                 stem (3x3 stride-1 root, no max-pool): batch 512, temperature 0.5, LARS
                 lr 1.0 x batch/256, weight decay 1e-4, colour strength 0.5, no blur;
-                1000 epochs, 10 warm-up, cosine.
+                1000 epochs, 10 warm-up, cosine. Step counts: the engine's default
+                (step_rounding 'per_epoch') gives 45,000 // 512 = 87 steps an epoch,
+                87,000 steps, 870 warm-up. The reference counts steps from the images:
+                total = num_examples * epochs // batch + 1, warm-up = int(round(
+                warmup_epochs * num_examples // batch)), i.e. floored (TF1 model_util,
+                TF2 model.py of google-research/simclr): 87,891 / 878 on our 45,000
+                training images (97,657 / 976 on the reference's 50,000: it trains on
+                the whole train split and reports on test; we hold 5,000 out for val).
+                `optim.simclr_step_counts` computes them.
   cifar10_cpu   a short real run on a CPU: ResNet50 v1 k=1 with the ImageNet stem (~7x
                 faster than the small-input stem on a CPU), batch 128 (256 views), 1,500
                 steps, Adam 1e-3 (not LARS), projection 256 -> 128, temperature 0.5.
@@ -20,7 +28,23 @@ Presets:
                 500 epochs.
   smoke         tiny (k=1, 16 px, a few steps) for tests.
 Settings (config.tasks.simclr): temperature, projection_hidden (widths of the hidden
-layers; () = linear), projection_dim (128).
+layers; () = linear), projection_dim (128), and two conventions of SimCLR's reference
+code (google-research/simclr), on by default because the presets' learning rates and
+weight decays are the ones tuned under them:
+  proj_last_bn_scale  True: the projection's last BN has a learnable scale (no
+                      offset), as the reference's; False: neither scale nor offset.
+  loss_scale          'sum_directions': the reference's objective, the sum of the two
+                      directions' cross-entropies averaged over images = 2 x the
+                      per-anchor mean; 'mean': the per-anchor mean (the paper's
+                      equation). Under LARS the factor 2 is not cosmetic: 'sum_directions'
+                      at weight_decay wd = 'mean' at wd / 2 on kernels, and 2x the step
+                      of BN parameters and biases (no trust ratio there).
+Comparing numbers with SimCLR's: our train/val `loss` is SimCLR's logged contrast_loss
+under 'sum_directions' and half of it under 'mean'. `contrastive_top1` ranks the
+positive among all 2B - 1 other views, for every anchor; SimCLR's contrast_acc takes
+the argmax over logits_ab only (first-view anchors against the B second views), an
+easier ranking (each of our hits on a first-view anchor is a hit of theirs): not
+the same number.
 Optimiser keys: optimizer.name='lars', optimizer.lr_scaling 'linear' (base_lr x
 batch/256) or 'sqrt' (base_lr x sqrt(batch), SimCLR's advice for small batches),
 optimizer.schedule='cosine', optimizer.warmup_epochs.
@@ -46,7 +70,9 @@ def get_config(preset='cifar10'):
   c = common.get_config()
   c.task = 'simclr'
   c.tasks.simclr = ml_collections.ConfigDict(dict(
-      temperature=0.5, projection_hidden=(2048,), projection_dim=128))
+      temperature=0.5, projection_hidden=(2048,), projection_dim=128,
+      proj_last_bn_scale=True,        # the reference's last BN: scale, no offset
+      loss_scale='sum_directions'))   # the reference's objective: 2 x per-anchor mean
   common.image_preset(c, 'cifar10' if preset == 'cifar10_cpu' else preset)
   c.model.name = 'resnet50_v1'
   c.model.cross_device_bn = True      # SimCLR's global BN
@@ -64,6 +90,8 @@ def get_config(preset='cifar10'):
     c.input.pp_eval = c.input.pp_train
   elif preset == 'cifar10':
     c.batch_size = 512
+    # 1000 epochs of 45,000 images: 87,000 steps / 870 warm-up under the engine's
+    # per-epoch counting; SimCLR's formulas give 87,891 / 878 (see the docstring).
     c.num_epochs = 1000.0
     o.base_lr, o.weight_decay, o.warmup_epochs = 1.0, 1e-4, 10.0
     c.input.pp_train = simclr_pp(32, 0.5)

@@ -12,8 +12,18 @@
   parameters (BN and biases), as SimCLR's LARS excludes them.
 - Task heads carry their own coefficients: `overrides` {path prefix: wd}, e.g.
   {('heads', 'jigsaw', 'fc'): 5e-4} for the study's patch head.
+- `validate(opt_config)`: every value these functions read that would make training
+  meaningless is a ValueError naming the key, the value and the allowed range.
+
+The scale of the loss matters to these rules: doubling the loss (SimCLR's objective
+sums its two directions) is, under lars, the same as halving weight_decay on kernels
+(the trust ratio removes the gradient's scale, not the ratio of gradient to decay)
+and doubling the step of every parameter outside the trust ratio (BN, biases);
+under momentum SGD with coupled L2 it is 2x the learning rate with half the
+weight decay (see ssl_jax/tasks/simclr.py, `loss_scale`).
 """
 import math
+import numbers
 
 import flax.traverse_util
 import optax
@@ -34,10 +44,23 @@ def peak_learning_rate(opt_config, batch_size):
   raise ValueError(f'config.optimizer.lr_scaling={scaling!r}; allowed: {list(SCALINGS)}')
 
 
-def learning_rate_schedule(opt_config, batch_size, steps_per_epoch, total_steps):
-  """Returns an optax schedule step -> lr."""
+def learning_rate_schedule(opt_config, batch_size, steps_per_epoch, total_steps,
+                           warmup_steps=None):
+  """Returns an optax schedule step -> lr.
+
+  Args:
+    opt_config: config.optimizer.
+    batch_size: global batch (source images) for the learning-rate scaling.
+    steps_per_epoch: steps per epoch (int, or a float under SimCLR's step counting):
+      warm-up and decay epochs become steps by round(epochs * steps_per_epoch).
+    total_steps: the job's steps (the cosine decays to 0 at total_steps).
+    warmup_steps: if given, the warm-up length in steps instead of
+      round(warmup_epochs * steps_per_epoch), e.g. SimCLR's reference count
+      (`simclr_step_counts`).
+  """
   base = peak_learning_rate(opt_config, batch_size)
-  warmup = int(round(opt_config.warmup_epochs * steps_per_epoch))
+  warmup = (int(round(opt_config.warmup_epochs * steps_per_epoch)) if warmup_steps is None
+            else int(warmup_steps))
   if opt_config.schedule == 'step':
     # Decay epochs are absolute (counted from step 0); the joined schedule below
     # restarts its clock after the warm-up, so shift them. A decay inside the
@@ -56,6 +79,31 @@ def learning_rate_schedule(opt_config, batch_size, steps_per_epoch, total_steps)
     return after
   return optax.join_schedules(
       [optax.linear_schedule(0.0, base, warmup), after], [warmup])
+
+
+def simclr_step_counts(num_examples, batch_size, num_epochs, warmup_epochs):
+  """(warmup_steps, total_steps) by SimCLR's reference formulas.
+
+  google-research/simclr (TF1 `model_util.learning_rate_schedule` /
+  `get_train_steps`, TF2 `model.WarmUpAndCosineDecay` / `get_train_steps`):
+    total  = num_examples * epochs // batch + 1
+    warmup = int(round(warmup_epochs * num_examples // batch))
+  Python evaluates `warmup_epochs * num_examples` first and floors the quotient, so
+  the round() is a no-op: the warm-up is floored, not rounded (10 epochs of 45,000
+  images at batch 512: 878, where round(10 * 45000 / 512) = 879). Evaluated in the
+  reference's order (product, then floor division), not from a float steps-per-epoch,
+  so float epochs round exactly as the reference's do.
+
+  Args:
+    num_examples: training images per epoch (int).
+    batch_size: global batch (int).
+    num_epochs, warmup_epochs: epochs (int or float).
+  Returns:
+    (warmup_steps int, total_steps int).
+  """
+  total = int(num_examples * num_epochs // batch_size + 1)
+  warmup = int(round(warmup_epochs * num_examples // batch_size))
+  return warmup, total
 
 
 def _shifted(boundaries, factor, warmup):
@@ -135,3 +183,79 @@ def make_optimizer(opt_config, params, schedule, overrides=None):
   else:
     raise ValueError(f'config.optimizer.name={opt_config.name!r}; allowed: {list(NAMES)}')
   return optax.chain(*parts)
+
+
+def _real(value):
+  return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(
+      value)
+
+
+def validate(opt_config):
+  """Raises ValueError for any optimizer value that makes training meaningless.
+
+  Checks every key this module reads for the chosen optimizer and schedule (keys it
+  does not read for them are not checked: momentum under adam, decay_factor under
+  cosine). Reals must be finite numbers (not bool):
+    name in NAMES; schedule in SCHEDULES; lr_scaling in SCALINGS;
+    base_lr > 0; lr_scale_batch_size >= 1 ('linear' scaling: it divides the batch);
+    weight_decay >= 0; warmup_epochs >= 0;
+    momentum in [0, 1) (momentum, lars: 1 never forgets a gradient, > 1 diverges,
+      < 0 oscillates); nesterov a bool;
+    trust_coefficient > 0 (lars: 0 multiplies every kernel's step by 0, so kernels
+      never move; < 0 moves them up the gradient);
+    'step' schedule: decay_factor in (0, 1] (0 stops training at the first decay,
+      > 1 grows the rate), decay_epochs non-negative and non-decreasing.
+  There is no eps key: adam uses optax's defaults (eps 1e-8) and lars eps 0.
+
+  Args:
+    opt_config: config.optimizer (a ConfigDict or mapping).
+  Raises:
+    ValueError: 'config.optimizer.<key>=<value> ...; allowed: <range>'.
+  """
+  get = opt_config.get
+
+  def bad(key, allowed):
+    raise ValueError(f'config.optimizer.{key}={get(key)!r} is not allowed; allowed: {allowed}')
+
+  def real(key, lo=None, hi=None, lo_open=False, hi_open=False, default=None):
+    value = get(key, default)
+    ok = _real(value)
+    if ok and lo is not None:
+      ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+      ok = value < hi if hi_open else value <= hi
+    if not ok:
+      left = '' if lo is None else ('(' if lo_open else '[') + f'{lo}'
+      right = '' if hi is None else f'{hi}' + (')' if hi_open else ']')
+      rng = (f'a finite number in {left}, {right}' if lo is not None and hi is not None
+             else f'a finite number {">" if lo_open else ">="} {lo}')
+      bad(key, rng)
+
+  name = get('name')
+  if name not in NAMES:
+    bad('name', list(NAMES))
+  schedule = get('schedule')
+  if schedule not in SCHEDULES:
+    bad('schedule', list(SCHEDULES))
+  scaling = get('lr_scaling', 'linear')
+  if scaling not in SCALINGS:
+    bad('lr_scaling', list(SCALINGS))
+  real('base_lr', 0, lo_open=True)
+  if scaling == 'linear':
+    real('lr_scale_batch_size', 1)
+  real('weight_decay', 0)
+  real('warmup_epochs', 0)
+  if name in ('momentum', 'lars'):
+    real('momentum', 0, 1, hi_open=True)
+    if not isinstance(get('nesterov', False), bool):
+      bad('nesterov', 'True or False')
+  if name == 'lars':
+    real('trust_coefficient', 0, lo_open=True, default=1e-3)
+  if schedule == 'step':
+    real('decay_factor', 0, 1, lo_open=True)
+    epochs = get('decay_epochs', ())
+    if (isinstance(epochs, (str, bytes)) or not hasattr(epochs, '__iter__')
+        or not all(_real(e) and e >= 0 for e in epochs)):
+      bad('decay_epochs', 'a sequence of finite epochs >= 0')
+    if list(epochs) != sorted(epochs):
+      bad('decay_epochs', 'epochs in non-decreasing order')

@@ -135,11 +135,16 @@ def test_pretext_standardises_each_copy_and_labels_source_images():
   task = tasks.get_task('exemplar', c)
   rng = np.random.RandomState(1)
   images = rng.randint(0, 256, (3, 4, 8, 8, 3)).astype(np.uint8)
-  inputs, labels = task.pretext(None, {'image': images}, train=True)
+  inputs, targets = task.pretext(None, {'image': images}, train=True)
   x = np.asarray(inputs['image'])
   np.testing.assert_allclose(x.mean((2, 3, 4)), 0.0, atol=1e-5)
   np.testing.assert_allclose(x.std((2, 3, 4)), 1.0, rtol=1e-4)
-  np.testing.assert_array_equal(labels, np.repeat(np.arange(3), 4))
+  np.testing.assert_array_equal(targets['label'], np.repeat(np.arange(3), 4))
+  assert np.asarray(targets['mask']).all()
+  # The batch's mask (False: padding) reaches every copy of its image.
+  _, targets = task.pretext(None, {'image': images, 'mask': np.array([True, False, True])},
+                            train=True)
+  np.testing.assert_array_equal(targets['mask'], np.repeat([True, False, True], 4))
   with pytest.raises(ValueError, match='views'):
     task.pretext(None, {'image': images[:, 0]}, train=True)
 
@@ -157,3 +162,78 @@ def test_bad_settings_are_errors():
   c.input.pp_eval = c.input.pp_eval.replace('views(4)', 'views(3)')
   with pytest.raises(config_lib.ConfigError, match=r'3 view\(s\).*needs 4'):
     config_lib.validate(c, num_devices=8)
+
+
+@pytest.mark.parametrize('normalization,axis', [('l2', 1), ('batch_axis', 0)])
+def test_padding_copies_take_no_part(normalization, axis):
+  """Masked copies (evaluation padding) change nothing: the loss, per-anchor losses and
+  nn_accuracy of the valid copies are those of the valid copies alone (brute force),
+  wherever the padding lies, even on top of an anchor."""
+  rng = np.random.RandomState(4)
+  images, copies, dim = 5, 4, 6
+  emb = rng.randn(images * copies, dim).astype(np.float32)
+  labels = np.repeat(np.arange(images), copies)
+  mask = np.repeat([True, True, False, True, False], copies)
+  emb[~mask] = emb[0] + 1e-3 * rng.randn((~mask).sum(), dim)   # adversarial padding
+  loss_fn = exemplar.make_loss(0.5, normalization)
+  loss, metrics = loss_fn(jnp.asarray(emb), {'label': jnp.asarray(labels),
+                                             'mask': jnp.asarray(mask)}, None)
+  xv = np_normalize(emb[mask], axis)
+  want, want_per = reference_triplet_semihard(xv, labels[mask], 0.5)
+  np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(metrics['loss'])[mask], want_per, rtol=1e-5,
+                             atol=1e-6)
+  d = ((xv[:, None] - xv[None]) ** 2).sum(-1) + np.diag(np.full(len(xv), np.inf))
+  np.testing.assert_array_equal(np.asarray(metrics['nn_accuracy'])[mask],
+                                labels[mask][d.argmin(1)] == labels[mask])
+  assert not np.asarray(metrics['loss'])[~mask].any()
+  assert not np.asarray(metrics['nn_accuracy'])[~mask].any()
+  # Without the mask the padding would count (the fault this guards against).
+  unmasked, _ = loss_fn(jnp.asarray(emb), jnp.asarray(labels), None)
+  assert abs(float(unmasked) - want) > 1e-3
+
+
+def test_one_image_per_device_is_meaningless():
+  """Why validate() refuses it: one source image has no negative, so nn_accuracy is 1
+  for any embedding and the loss is minimised by collapsing the copies (no push)."""
+  rng = np.random.RandomState(5)
+  loss_fn = exemplar.make_loss(0.5, 'l2')
+  labels = jnp.zeros(8, jnp.int32)
+  for _ in range(3):
+    _, metrics = loss_fn(jnp.asarray(rng.randn(8, 5), jnp.float32), labels, None)
+    np.testing.assert_array_equal(metrics['nn_accuracy'], 1.0)
+  collapsed, _ = loss_fn(jnp.ones((8, 5), jnp.float32), labels, None)
+  np.testing.assert_allclose(collapsed, 0.5, rtol=1e-6)   # the margin: its minimum
+
+
+@pytest.mark.parametrize('key,value,devices,ok', [
+    ('batch_size', 8, 8, False), ('batch_size', 16, 8, True), ('batch_size', 8, 4, True),
+    ('batch_size', 8, 1, True), ('eval_batch_size', 8, 8, False),
+    ('eval_batch_size', 16, 8, True), ('eval_batch_size', 1, 1, False)])
+def test_fewer_than_two_images_per_device_is_an_error(key, value, devices, ok):
+  c = exemplar_config.get_config('smoke')
+  c[key] = value
+  if ok:
+    exemplar.check_images_per_device(c, devices)
+    return
+  with pytest.raises(ValueError, match=rf'config\.{key}={value} gives {value // devices} '
+                     rf'source image\(s\) per device on {devices} devices.*allowed: >= '
+                     rf'{2 * devices}'):
+    exemplar.check_images_per_device(c, devices)
+
+
+def test_validate_refuses_one_image_per_device_at_start_up():
+  """Through config_lib (the Task.validate hook, jax.device_count() = 8 here)."""
+  from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 8
+  c = exemplar_config.get_config('smoke')
+  config_lib.validate(c, num_devices=8)                # 16 / 8 = 2 images: allowed
+  for key in ('batch_size', 'eval_batch_size'):
+    c = exemplar_config.get_config('smoke')
+    c[key] = 8
+    with pytest.raises(config_lib.ConfigError, match=rf'config\.{key}=8 gives 1 source'):
+      config_lib.validate(c, num_devices=8)
+  # The study's public configs: 64 / 8 cores in training, 16 / 8 in evaluation.
+  c = exemplar_config.get_config('imagenet')
+  assert (c.batch_size, c.eval_batch_size) == (64, 16)
+  exemplar.check_images_per_device(c, 8)

@@ -36,6 +36,59 @@ def reference_nt_xent(z, mask, tau):
   return losses[valid].mean(), losses, top1
 
 
+def reference_simclr_objective(z, tau):
+  """SimCLR's objective written out in numpy (float64) in its own layout: the first
+  half of the rows are every image's view 1, the second half view 2; direction a
+  scores view-1 anchors against [all view 2 | all view 1 but itself], direction b the
+  reverse; loss = mean over images of (loss_a + loss_b)."""
+  z = np.asarray(z, np.float64)
+  z = z / np.linalg.norm(z, axis=1, keepdims=True)
+  h1, h2 = np.split(z, 2)
+  b = len(h1)
+
+  def direction(anchor, other):
+    same = anchor @ anchor.T / tau - 1e9 * np.eye(b)
+    cross = anchor @ other.T / tau
+    logits = np.concatenate([cross, same], axis=1)
+    logits -= logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return -log_p[np.arange(b), np.arange(b)]     # the positive: column i of `cross`
+
+  return np.mean(direction(h1, h2) + direction(h2, h1))
+
+
+def _to_simclr_layout(z):
+  """Image-major rows (2i + v) -> SimCLR's [all view 1; all view 2]."""
+  return np.concatenate([z[0::2], z[1::2]])
+
+
+@pytest.mark.parametrize('tau', [0.1, 0.5])
+def test_loss_scales_against_simclr_objective(tau):
+  """'sum_directions' is SimCLR's objective; 'mean' is exactly half of it (the
+  per-anchor NT-Xent of reference_nt_xent), for the loss, its gradient and the
+  per-anchor metric; contrastive_top1 is the same under both."""
+  rng = np.random.RandomState(6)
+  z = rng.randn(16, 7).astype(np.float32)
+  targets = {'mask': jnp.ones((8,), bool)}
+  loss_sum = simclr.make_loss(tau, 'sum_directions')
+  loss_mean = simclr.make_loss(tau, 'mean')
+  (v_sum, m_sum), (v_mean, m_mean) = loss_sum(z, targets), loss_mean(z, targets)
+  want = reference_simclr_objective(_to_simclr_layout(z), tau)
+  np.testing.assert_allclose(v_sum, want, rtol=1e-5)
+  np.testing.assert_allclose(v_mean, reference_nt_xent(z, np.ones(8, bool), tau)[0],
+                             rtol=1e-5)
+  np.testing.assert_allclose(v_sum, 2 * v_mean, rtol=1e-6)
+  np.testing.assert_allclose(m_sum['loss'], 2 * np.asarray(m_mean['loss']), rtol=1e-6)
+  np.testing.assert_array_equal(m_sum['contrastive_top1'], m_mean['contrastive_top1'])
+  g_sum = jax.grad(lambda z: loss_sum(z, targets)[0])(jnp.asarray(z))
+  g_mean = jax.grad(lambda z: loss_mean(z, targets)[0])(jnp.asarray(z))
+  assert np.abs(np.asarray(g_mean)).max() > 1e-3
+  np.testing.assert_allclose(g_sum, 2 * np.asarray(g_mean), rtol=1e-5, atol=1e-8)
+  with pytest.raises(ValueError, match=r"loss_scale='sum'.*allowed: \['mean', "
+                     r"'sum_directions'\]"):
+    simclr.make_loss(tau, 'sum')
+
+
 @pytest.mark.parametrize('tau', [0.1, 0.5])
 def test_nt_xent_matches_numpy(tau):
   rng = np.random.RandomState(0)
@@ -132,3 +185,97 @@ def test_views_differ_and_are_reproducible():
   assert inputs['image'].shape == (8, 2, 32, 32, 3) and targets['mask'].shape == (8,)
   with pytest.raises(ValueError, match='two views'):
     task.pretext(None, {'image': a[:, 0], 'mask': np.ones(8, bool)}, train=True)
+
+
+def _head_params(last_bn_scale, x, scale=None):
+  head = simclr.ProjectionHead(hidden=(6,), features=4, last_bn_scale=last_bn_scale)
+  variables = head.init(jax.random.key(0), {'pre_logits': x}, None, True)
+  if scale is not None:
+    variables = jax.tree_util.tree_map(lambda a: a, variables)  # a copy
+    variables['params']['out_bn']['scale'] = scale
+  out, _ = head.apply(variables, {'pre_logits': x}, None, True, mutable=['batch_stats'])
+  return variables['params'], np.asarray(out)
+
+
+def test_last_bn_scale_parameter():
+  """proj_last_bn_scale=True: the last BN has a scale f32[projection_dim] (init 1) and
+  no offset, and the output is scale x the scale-free output (per dimension);
+  False: the last BN has no parameter at all. Hidden BNs keep scale and offset."""
+  x = jnp.asarray(np.random.RandomState(7).randn(10, 5), jnp.float32)
+  with_scale, out_one = _head_params(True, x)
+  without, out_none = _head_params(False, x)
+  assert set(with_scale['out_bn']) == {'scale'}
+  assert with_scale['out_bn']['scale'].shape == (4,)
+  np.testing.assert_array_equal(with_scale['out_bn']['scale'], 1.0)
+  assert 'out_bn' not in without
+  assert set(with_scale['hidden0_bn']) == set(without['hidden0_bn']) == {'scale', 'bias'}
+  np.testing.assert_allclose(out_one, out_none, rtol=1e-6, atol=1e-6)   # scale 1 at init
+  v = jnp.asarray([0.5, 2.0, -1.0, 3.0])
+  _, out_v = _head_params(True, x, scale=v)
+  np.testing.assert_allclose(out_v, out_none * np.asarray(v), rtol=1e-5, atol=1e-6)
+  # A BN parameter: no weight decay, no LARS trust ratio (the reference excludes
+  # 'batch_normalization' variables from both).
+  assert not optim.decays(('heads', 'simclr', 'out_bn', 'scale'))
+
+
+def test_last_bn_scale_is_learnt_under_lars():
+  """One LARS step of the whole model (8 devices) moves the last BN's scale."""
+  c = _tiny_config()
+  c.optimizer.name = 'lars'
+  assert c.tasks.simclr.proj_last_bn_scale and c.tasks.simclr.loss_scale == 'sum_directions'
+  images = np.random.RandomState(8).randint(0, 256, (16, 2, 8, 8, 3)).astype(np.uint8)
+  p0, p1, metrics = _one_step(c, jax.devices(), images)
+  before = p0['heads']['simclr']['out_bn']['scale']
+  after = p1['heads']['simclr']['out_bn']['scale']
+  np.testing.assert_array_equal(before, 1.0)
+  assert np.abs(after - before).max() > 1e-4, after
+  assert np.isfinite(metrics['loss'])
+
+
+def test_configs_without_the_new_keys_keep_their_behaviour():
+  """A config written before proj_last_bn_scale / loss_scale existed (e.g. a workdir's
+  config.json) builds the model and loss it was trained with: no scale, 'mean'."""
+  old = simclr_config.get_config('smoke')
+  del old.tasks.simclr['proj_last_bn_scale']
+  del old.tasks.simclr['loss_scale']
+  task = tasks.get_task('simclr', old)
+  assert task.head.last_bn_scale is False
+  new = tasks.get_task('simclr', simclr_config.get_config('smoke'))
+  assert new.head.last_bn_scale is True
+  z = jnp.asarray(np.random.RandomState(9).randn(8, 5), jnp.float32)
+  targets = {'mask': jnp.ones((4,), bool)}
+  np.testing.assert_allclose(new.loss(z, targets)[0], 2 * task.loss(z, targets)[0],
+                             rtol=1e-6)
+
+
+def test_one_image_has_no_negative_and_is_refused():
+  """NT-Xent over one image: the positive is the only candidate (loss 0, no gradient,
+  top-1 1 whatever the model), so batch_size / eval_batch_size < 2 are errors."""
+  z = jnp.asarray(np.random.RandomState(10).randn(2, 5), jnp.float32)
+  f = lambda z: simclr.nt_xent(z, jnp.ones((1,), bool), 0.5)
+  (loss, _, top1), grad = f(z), jax.grad(lambda z: f(z)[0])(z)
+  np.testing.assert_allclose(loss, 0.0, atol=1e-6)
+  np.testing.assert_allclose(grad, 0.0, atol=1e-6)
+  np.testing.assert_array_equal(top1, 1.0)
+  from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
+  for key in ('batch_size', 'eval_batch_size'):
+    c = simclr_config.get_config('smoke')
+    c[key] = 1
+    with pytest.raises(config_lib.ConfigError,
+                       match=rf'config\.{key}=1 is not allowed for simclr.*allowed: >= 2'):
+      config_lib.validate(c, num_devices=1)
+  c = simclr_config.get_config('smoke')
+  c.batch_size = c.eval_batch_size = 2
+  config_lib.validate(c, num_devices=1)    # 2 images: 2 negatives per anchor
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('loss_scale', 'sum', r"loss_scale='sum' is not allowed"),
+    ('proj_last_bn_scale', 1, r'proj_last_bn_scale=1 is not allowed')])
+def test_bad_convention_settings_are_errors(key, value, match):
+  from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
+  c = simclr_config.get_config('smoke')
+  del c.tasks.simclr[key]      # (ConfigDict's type check would refuse 1 for a bool)
+  c.tasks.simclr[key] = value
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(c, num_devices=8)

@@ -6,8 +6,14 @@ augmentation per view: random resized crop, flip, colour distortion of strength 
 with p = 0.8, random grayscale p = 0.2, optional blur), scaled to [-1, 1]. The shared
 trunk embeds all 2B views in one BatchNorm batch (cross-device BN by default, the
 paper's global BN: config.model.cross_device_bn); a projection MLP on pre-logits
-(Dense -> BN -> ReLU per hidden layer, then Dense -> BN without scale/offset to
-`projection_dim` = 128) gives z.
+(Dense -> BN -> ReLU per hidden layer, then Dense -> BN without offset to
+`projection_dim` = 128) gives z. The last BN keeps a learnable per-dimension scale
+(`proj_last_bn_scale=True`, default), as SimCLR's reference code does (both the TF1
+`model_util.linear_layer` and the TF2 `model.LinearLayer` of google-research/simclr
+build the last layer's BN with center = use_bias = False and scale left on); False
+drops it (every dimension of z then has unit variance before the normalisation).
+The scale is a BN parameter: no weight decay and no LARS trust ratio, as the
+reference excludes 'batch_normalization' variables from both.
 
 Loss: NT-Xent with temperature tau on cosine similarities. For every view (anchor),
 its positive is the other view of its image and the negatives are *every other view
@@ -19,9 +25,27 @@ anchor itself excluded. Padding examples (mask False, evaluation only) are neith
 anchors nor negatives. The pretext metric `contrastive_top1`: the positive ranked
 first among the 2B - 1 candidates.
 
+Loss scale (`loss_scale`): 'sum_directions' (default) multiplies that mean by 2,
+SimCLR's reference objective (`objective.add_contrastive_loss` returns
+mean(loss_a + loss_b) over the images, one cross-entropy per direction view 1 -> 2
+and view 2 -> 1), which is what its learning rates and weight decays were tuned
+with. 'mean' is the per-anchor mean (the paper's equation, 1/2N sum over the 2N
+anchors). The factor is not cosmetic: under LARS, 'sum_directions' with
+weight_decay wd equals 'mean' with wd / 2 on kernels (the trust ratio normalises the
+gradient's size, not its ratio to wd * w) and twice the step for BN parameters and
+biases (no trust ratio); under momentum SGD it equals 'mean' with 2x the learning
+rate and wd / 2; Adam is invariant up to its eps. The per-anchor `loss` metric is
+scaled too, so train and val losses are the optimised objective: under 'mean' they
+are half of SimCLR's logged contrast_loss.
+
 Settings (config.tasks.simclr): temperature, projection_hidden (tuple of widths;
-() = a linear projection), projection_dim. Optimiser: LARS (config.optimizer.name =
-'lars'), see configs/simclr.py.
+() = a linear projection), projection_dim, proj_last_bn_scale (True), loss_scale
+('sum_directions' | 'mean'). A config without the last two (written before they
+existed) gets the behaviour it was trained with: no scale, 'mean'. Optimiser: LARS
+(config.optimizer.name = 'lars'), see configs/simclr.py.
+
+Start-up checks: batch_size and eval_batch_size >= 2 images: NT-Xent over one image
+has no negative (the positive is the only candidate: loss 0, no gradient, top-1 1).
 """
 import flax.linen as nn
 import jax
@@ -32,12 +56,22 @@ from ssl_jax.tasks import common
 from ssl_jax.models import layers
 
 _NEG = -1e9  # Logit of excluded candidates (finite: no inf - inf in the softmax).
+# loss_scale -> factor on the per-anchor mean NT-Xent.
+LOSS_SCALES = {'mean': 1.0, 'sum_directions': 2.0}
+# What configs without the keys (written before they existed) were trained with.
+LEGACY_DEFAULTS = dict(proj_last_bn_scale=False, loss_scale='mean')
 
 
 class ProjectionHead(nn.Module):
-  """pre_logits f32[N, D] -> z f32[N, projection_dim] (the projection MLP g(.))."""
+  """pre_logits f32[N, D] -> z f32[N, projection_dim] (the projection MLP g(.)).
+
+  Hidden layers: Dense (no bias) -> BN (scale and offset) -> ReLU. Last: Dense (no
+  bias) -> BN without offset, with a learnable scale iff `last_bn_scale` (SimCLR's
+  reference: True). BN momentum 0.9, epsilon 1e-5 (the reference's).
+  """
   hidden: tuple = (2048,)
   features: int = 128
+  last_bn_scale: bool = True
   bn_axis_name: str | None = None
   dtype: jnp.dtype = jnp.float32
 
@@ -54,7 +88,7 @@ class ProjectionHead(nn.Module):
       x = nn.relu(bn(name=f'hidden{i}_bn')(x))
     x = nn.Dense(self.features, use_bias=False, kernel_init=layers.KERNEL_INIT,
                  dtype=self.dtype, param_dtype=jnp.float32, name='out')(x)
-    x = bn(use_scale=False, use_bias=False, name='out_bn')(x)
+    x = bn(use_scale=self.last_bn_scale, use_bias=False, name='out_bn')(x)
     return x.astype(jnp.float32)
 
 
@@ -105,26 +139,57 @@ def pretext(rng, batch, *, train):
   return {'image': common.to_minus_one_one(images)}, {'mask': batch['mask']}
 
 
+def make_loss(temperature, loss_scale='sum_directions'):
+  """(z f32[2b, D], {'mask': bool[b]}, axis_name) -> (loss, per-example metrics).
+
+  loss = LOSS_SCALES[loss_scale] x the mean NT-Xent over the global batch's valid
+  anchors (this device's share); per-example `loss` (f32[2b]) carries the same
+  factor, `contrastive_top1` does not. Raises ValueError for an unknown loss_scale.
+  """
+  if loss_scale not in LOSS_SCALES:
+    raise ValueError(f'config.tasks.simclr.loss_scale={loss_scale!r} is not allowed; '
+                     f'allowed: {list(LOSS_SCALES)}')
+  factor = LOSS_SCALES[loss_scale]
+
+  def loss(outputs, targets, axis_name=None):
+    value, per_anchor, top1 = nt_xent(outputs, targets['mask'], temperature, axis_name)
+    return factor * value, {'loss': factor * per_anchor, 'contrastive_top1': top1}
+  return loss
+
+
+def _setting(s, key):
+  return s.get(key, LEGACY_DEFAULTS[key]) if hasattr(s, 'get') else LEGACY_DEFAULTS[key]
+
+
 @tasks.register('simclr')
 def build(config):
   s = tasks.settings(config, 'simclr')
-
-  def loss(outputs, targets, axis_name=None):
-    value, per_anchor, top1 = nt_xent(outputs, targets['mask'], s.temperature, axis_name)
-    return value, {'loss': per_anchor, 'contrastive_top1': top1}
+  loss_scale = _setting(s, 'loss_scale')
+  last_bn_scale = _setting(s, 'proj_last_bn_scale')
 
   def validate(config):
-    del config
     if not s.temperature > 0:
       raise ValueError(f'config.tasks.simclr.temperature={s.temperature!r} must be > 0')
     widths = tuple(s.projection_hidden) + (s.projection_dim,)
     if not all(isinstance(w, int) and w >= 1 for w in widths):
       raise ValueError(f'config.tasks.simclr.projection_hidden={tuple(s.projection_hidden)} '
                        f'and projection_dim={s.projection_dim!r} must be integers >= 1')
+    if not isinstance(last_bn_scale, bool):
+      raise ValueError(f'config.tasks.simclr.proj_last_bn_scale={last_bn_scale!r} is not '
+                       'allowed; allowed: True or False')
+    # NT-Xent runs over the global batch: one image has no negative (its positive is
+    # the only candidate), so the loss is 0 with no gradient and top-1 is 1.
+    for key, what in (('batch_size', 'training has no negatives'),
+                      ('eval_batch_size', 'val_loss and val_contrastive_top1 are constants')):
+      if config[key] < 2:
+        raise ValueError(f'config.{key}={config[key]!r} is not allowed for simclr: NT-Xent '
+                         f'over one image has no negative ({what}); allowed: >= 2 images')
 
   head = ProjectionHead(hidden=tuple(s.projection_hidden), features=s.projection_dim,
+                        last_bn_scale=last_bn_scale,
                         bn_axis_name=common.bn_axis(config),
                         dtype=common.compute_dtype(config))
+  loss = make_loss(s.temperature, loss_scale)  # a bad loss_scale: ValueError here
   return tasks.Task(
       name='simclr', settings=s, num_views=2, pretext=pretext, head=head, loss=loss,
       eval_input=tasks.EvalInput('rgb', common.rgb_eval_fn), validate=validate)
