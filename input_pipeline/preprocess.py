@@ -34,12 +34,22 @@ uint8[n, h, w, 3], so batches are uint8[B, n, h, w, 3].
 Ops that behave differently at training and evaluation take a `train` flag
 (`crop`, `inception_preprocess`, `pad_crop_flip`); `get_preprocess_fn(spec,
 train=...)` passes it. The other random ops (`inception_crop`, `flip_lr`,
-`color_jitter`, `random_crop`, `to_gray`, and SimCLR's `color_distort` and
-`gaussian_blur`) are random wherever they are written, as in big_vision; `to_gray` is meant to be random at evaluation too (the study
+`color_jitter`, `random_crop`, `to_gray`, `salt_pepper`, and SimCLR's
+`color_distort` and `gaussian_blur`) are random wherever they are written, as
+in big_vision; `to_gray` is meant to be random at evaluation too (the study
 applies it to the pretext evaluation of the patch tasks).
 
 Resizes use TF1's legacy kernels (`tf.compat.v1.image.resize_*`,
-align_corners=False, no half-pixel centres), as the study did.
+align_corners=False, no half-pixel centres), as the study did; only the
+`downsample` corruption defaults to half-pixel centres (see it).
+
+Corruptions of the pretraining images (Cole et al. 2022), ordinary ops
+written before the augmentation (`decode|downsample(2)|inception_crop(32)|
+flip_lr`): `downsample(factor, half_pixel=True)` (resize_area down, bilinear
+back up, half-pixel centres by default), `jpeg(quality)` (encode/decode round
+trip; host-only: the JAX registry refuses it, and ssl_jax.data.ops.
+jpeg_corrupt is its host version for stored images) and `salt_pepper(p,
+per_channel=False)`.
 """
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
@@ -62,7 +72,7 @@ OPS: Dict[str, Callable[..., PreprocessFn]] = {}
 # dataset's own static image shape (e.g. 'decode|pad_crop_flip' on CIFAR-10).
 SIZE_PRESERVING_OPS = frozenset(
     {'decode', 'flip_lr', 'color_jitter', 'to_gray', 'pad_crop_flip',
-     'color_distort', 'gaussian_blur'})
+     'color_distort', 'gaussian_blur', 'downsample', 'jpeg', 'salt_pepper'})
 
 
 def register(name: str):
@@ -558,6 +568,93 @@ def gaussian_blur(p: float = 0.5, sigma_min: float = 0.1,
   return fn
 
 
+# ----------------------------------------------------------------------------
+# Corruptions of the pretraining images (Cole et al. 2022).
+
+
+@register('downsample')
+def downsample(factor: int, half_pixel: bool = True) -> PreprocessFn:
+  """Loss of resolution: area resize down by `factor`, bilinear back up.
+
+  uint8[H, W, 3] -> uint8[H, W, 3]. ResizeArea (align_corners=False) to
+  (max(H // factor, 1), max(W // factor, 1)), rounded to uint8 (the stored
+  low-resolution image), then ResizeBilinear back to (H, W), rounded;
+  half_pixel=True: half-pixel centres (TF2 tf.image.resize 'bilinear',
+  aligned with the area cells); False: the TF1 legacy kernel (shifts the
+  content (factor - 1) / 2 pixels to the top-left). factor 1: identity.
+  See ssl_jax.data.ops.downsample (the same pixels).
+  """
+  def fn(features):
+    features = dict(features)
+    image = features['image']
+    if factor == 1:
+      return features
+    size = tf.shape(image)[:2]
+    small = _to_uint8(tf.raw_ops.ResizeArea(
+        images=image[None], size=tf.maximum(size // factor, 1),
+        align_corners=False)[0])
+    out = _to_uint8(tf.raw_ops.ResizeBilinear(
+        images=small[None], size=size, align_corners=False,
+        half_pixel_centers=half_pixel)[0])
+    out.set_shape(image.shape)
+    features['image'] = out
+    return features
+  return fn
+
+
+@register('jpeg')
+def jpeg(quality: int) -> PreprocessFn:
+  """JPEG compression at `quality` (1..100): encode, decode, uint8 RGB.
+
+  tf.io.encode_jpeg (baseline, 4:2:0 chroma, libjpeg quality scaling), then
+  decode_jpeg with the accurate integer IDCT (as `decode`). Deterministic;
+  equals ssl_jax.data.ops.jpeg_corrupt (PIL) bit for bit, which the
+  in-memory path applies once to its stored images (the JAX registry has no
+  JPEG op).
+  """
+  def fn(features):
+    features = dict(features)
+    image = features['image']
+    out = tf.io.decode_jpeg(tf.io.encode_jpeg(image, quality=quality),
+                            channels=3, dct_method='INTEGER_ACCURATE')
+    out.set_shape(image.shape)
+    features['image'] = out
+    return features
+  return fn
+
+
+def salt_pepper_apply(image, u, p):
+  """u < p/2 -> 255, p/2 <= u < p -> 0, else the pixel (u broadcasts).
+
+  As ssl_jax.data.ops.salt_pepper_apply: u float32[H, W, 1] (per pixel) or
+  [H, W, C] (per channel).
+  """
+  return tf.where(u < p / 2, tf.constant(255, tf.uint8),
+                  tf.where(u < p, tf.constant(0, tf.uint8), image))
+
+
+@register('salt_pepper')
+def salt_pepper(p: float, per_channel: bool = False) -> PreprocessFn:
+  """Salt-and-pepper noise: each pixel white (255) with probability p/2,
+  black (0) with probability p/2, independently.
+
+  One stateless uniform per pixel, all channels together (default), or per
+  channel value (per_channel=True, as skimage's 's&p' / imagecorruptions'
+  impulse_noise). See ssl_jax.data.ops.salt_pepper.
+  """
+  def fn(features):
+    seed, features = _take_seed(features)
+    image = features['image']
+    shape = tf.shape(image)
+    channels = shape[2:3] if per_channel else [1]
+    u = tf.random.stateless_uniform(tf.concat([shape[:2], channels], 0), seed)
+    out = salt_pepper_apply(image, u, p)
+    out.set_shape(image.shape)
+    features['image'] = out
+    return features
+  return fn
+
+
 @register(jax_ops.VIEWS)
 def views(n: int) -> PreprocessFn:
   """Repeats the image n times: uint8[H, W, 3] -> uint8[n, H, W, 3].
@@ -592,13 +689,14 @@ def get_op(name: str, args=(), kwargs=None, *, train: bool = True,
   """Builds one registered op, passing `train` only to ops that take it.
 
   The arguments are first checked by building the JAX op of the same name
-  (same signature and value checks on both paths).
+  (same signature and value checks on both paths; for host-only ops, which
+  have no JAX implementation, the JAX factory checks the arguments only).
 
   Raises:
     ValueError: bad arguments ('Bad arguments for preprocessing op ...').
   """
-  if name in jax_ops.OPS:
-    jax_ops.build_op(name, args, kwargs, train=train, spec=spec)
+  if name in jax_ops.OPS:  # Host-only ops: their arguments only.
+    jax_ops.build_op(name, args, kwargs, train=train, spec=spec, host=True)
   return jax_ops.build_op(name, args, kwargs, train=train, registry=OPS,
                           spec=spec)
 

@@ -450,8 +450,10 @@ def test_gaussian_blur_matches_scipy_with_the_ops_sigma():
 
 def test_size_preserving_ops_preserve_size():
   img = _rand_image(20, 24)
+  # The corruptions have no default level.
+  args = {'downsample': '(3)', 'jpeg': '(30)', 'salt_pepper': '(0.05)'}
   for name in preprocess.SIZE_PRESERVING_OPS:
-    assert _run(name, img).shape == img.shape, name
+    assert _run(name + args.get(name, ''), img).shape == img.shape, name
 
 
 def test_views_run_the_ops_after_per_view_with_split_seeds():

@@ -34,8 +34,9 @@ repeated n times and every op after it runs independently per view (the views
 op's key split n ways): one example becomes uint8[n, h, w, C].
 
 Pixel faithfulness to the TF ops (deterministic parts): TF1's legacy bilinear
-resize (align_corners=False, no half-pixel centres) and `resize_area` are
-re-implemented with the kernels' own float32 formulas (taps, weights and
+resize (align_corners=False, no half-pixel centres; `downsample` also has the
+half-pixel one, TF2's default) and `resize_area` are re-implemented with the
+kernels' own float32 formulas (taps, weights and
 summation order, products kept out of fused multiply-adds), as are central
 crops, the integer channel mean, luma gray and flips: jitted, their outputs
 equal TF's bit for bit, before and after rounding (tests on CIFAR-10 and
@@ -48,10 +49,26 @@ modulo n; the colour_distort order is the argsort of four uniforms (TF op:
 the same, with its own stream); `inception_crop_window` draws all 100 attempts
 at once (same law as TF's loop) and computes one float64 bound of TF's kernel
 in float32 (see its doc).
+
+Corruptions of the pretraining images (Cole et al. 2022, "data quality"),
+ordinary ops written before the augmentation, e.g.
+`decode|downsample(2)|inception_crop(32)|flip_lr`: `downsample(factor)` (area
+down, bilinear up, deterministic and bit-exact with the TF op),
+`salt_pepper(p)` (random, one draw per pixel) and `jpeg(quality)`. JAX has no
+JPEG codec, so `jpeg` is a host-only op (HOST_ONLY_OPS): building it here
+raises a one-line ValueError; specs meant for the tf.data path are checked
+with `check_spec(..., host=True)` / `output_shape(..., host=True)`, and the
+in-memory path corrupts its stored images once at load time
+(`split_host_ops` + `apply_host_ops`, or `jpeg_corrupt`), which equals the
+tf.data op per example because everything up to the last host-only op must be
+deterministic.
 """
 import ast
+import concurrent.futures
 import inspect
+import io
 import math
+import os
 from typing import (Any, Callable, Collection, Dict, List, Optional, Sequence,
                     Tuple, Union)
 
@@ -65,6 +82,15 @@ ParsedOp = Tuple[str, Tuple[Any, ...], Dict[str, Any]]
 
 OPS: Dict[str, Callable[..., Op]] = {}
 VIEWS = 'views'
+# Ops without a JAX implementation (their factory raises HostOnlyOpError after
+# checking its arguments); HOST_FNS[name](images u8[N, H, W, 3], *args) is the
+# host version that `apply_host_ops` runs once on stored images.
+HOST_ONLY_OPS = frozenset({'jpeg'})
+# Ops whose output does not depend on the key (for any arguments): what may
+# come before a host-only op on the in-memory path (see split_host_ops).
+DETERMINISTIC_OPS = frozenset(
+    {'decode', 'resize', 'resize_small', 'central_crop', 'inception_eval',
+     'downsample'})
 # ITU-R BT.601 luma, as tf.image.rgb_to_grayscale (SimCLR's colour drop).
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
 GRAY_WEIGHTS = ('mean', 'luma')
@@ -76,6 +102,10 @@ def register(name: str):
     OPS[name] = factory
     return factory
   return wrap
+
+
+class HostOnlyOpError(ValueError):
+  """Raised by the factory of a host-only op once its arguments are valid."""
 
 
 # ----------------------------------------------------------------------------
@@ -145,22 +175,31 @@ def parse_spec(spec: str, known: Optional[Collection[str]] = None
 
 def build_op(name: str, args=(), kwargs=None, *, train: bool,
              registry: Optional[Dict[str, Callable[..., Any]]] = None,
-             spec: Optional[str] = None):
+             spec: Optional[str] = None, host: bool = False):
   """Calls `registry[name]` (default OPS), passing `train` if it takes it.
+
+  host: the spec is for the tf.data path; a host-only op (HOST_ONLY_OPS) then
+    has its arguments checked and returns None instead of raising.
 
   Raises:
     ValueError (one line) naming the op (and `spec`) for bad arguments: wrong
-    count or names (the factory's TypeError) or values (its ValueError).
+    count or names (the factory's TypeError) or values (its ValueError); and,
+    unless `host`, for a host-only op (no JAX implementation, and what to do).
   """
   registry = OPS if registry is None else registry
   kwargs = dict(kwargs or {})
   factory = registry[name]
   if 'train' in inspect.signature(factory).parameters:
     kwargs['train'] = train
+  where = f' in {spec!r}' if spec is not None else ''
   try:
     return factory(*args, **kwargs)
+  except HostOnlyOpError as e:
+    if host:
+      return None
+    raise ValueError(f'Preprocessing op {name!r}{where} cannot run in JAX: '
+                     f'{e}') from None
   except (TypeError, ValueError) as e:
-    where = f' in {spec!r}' if spec is not None else ''
     reason = ' '.join(str(e).split())
     raise ValueError(f'Bad arguments for preprocessing op {name!r}{where}: '
                      f'{reason}') from None
@@ -178,23 +217,37 @@ def views_index(parsed: Sequence[ParsedOp], spec: str) -> Optional[int]:
   return where[0] if where else None
 
 
-def _build(spec: str, train: bool):
-  """[(name, op)] and the index of `views` (None if absent)."""
+def _shape_only(key, image):
+  """Stands in for a host-only op in shape computations (they keep shapes)."""
+  del key
+  return image
+
+
+def _build(spec: str, train: bool, host: bool = False):
+  """[(name, op)] and the index of `views` (None if absent).
+
+  host: host-only ops become `_shape_only` (shapes only: output_shape).
+  """
   parsed = parse_spec(spec, known=OPS)
   index = views_index(parsed, spec)
-  ops = [(name, build_op(name, args, kwargs, train=train, spec=spec))
+  ops = [(name, build_op(name, args, kwargs, train=train, spec=spec,
+                         host=host) or _shape_only)
          for name, args, kwargs in parsed]
   return ops, index
 
 
-def check_spec(spec: str, *, train: bool) -> None:
+def check_spec(spec: str, *, train: bool, host: bool = False) -> None:
   """Parses `spec` and builds every op, running nothing (start-up check).
+
+  host: check a spec for the tf.data path (TFDS source): host-only ops
+    (HOST_ONLY_OPS: `jpeg`) are allowed, their arguments checked.
 
   Raises:
     ValueError (one line) naming the op and the spec: malformed or unknown
-    op, bad argument count or value, or `views` used more than once.
+    op, bad argument count or value, `views` used more than once, or (unless
+    `host`) a host-only op.
   """
-  _build(spec, train)
+  _build(spec, train, host)
 
 
 def num_views(spec: str) -> int:
@@ -326,6 +379,15 @@ def _bilinear_window(image, top, left, h, w, out_h: int, out_w: int,
   x0, x1, fx = _legacy_bilinear_taps(left, w, out_w, image.shape[1])
   if flip is not None:
     x0, x1, fx = (jnp.where(flip, t[::-1], t) for t in (x0, x1, fx))
+  return _bilinear_lerp(image, (y0, y1, fy), (x0, x1, fx))
+
+
+def _bilinear_lerp(image, rows, cols):
+  """The ResizeBilinear kernel's interpolation for given taps -> float32.
+
+  rows, cols: (lower int32[n], upper int32[n], lerp float32[n]) per axis.
+  """
+  (y0, y1, fy), (x0, x1, fx) = rows, cols
   rows0, rows1 = image[y0], image[y1]  # Gather the uint8 rows first.
   tl = rows0[:, x0].astype(jnp.float32)
   tr = rows0[:, x1].astype(jnp.float32)
@@ -341,6 +403,39 @@ def _resize_bilinear(image, out_h: int, out_w: int):
   """Whole-image legacy bilinear resize, uint8 -> float32[out_h, out_w, C]."""
   return _bilinear_window(image, 0, 0, image.shape[0], image.shape[1], out_h,
                           out_w)
+
+
+def _static_bilinear_taps(in_size: int, out_size: int, half_pixel: bool):
+  """Taps of TF's ResizeBilinear (align_corners=False) for static sizes.
+
+  The kernel's float32 formulas (numpy float32 rounds every operation, as
+  the kernel): scale = in_size / out_size; source = (i + 0.5) * scale - 0.5
+  with half-pixel centres (TF2's tf.image.resize 'bilinear'), i * scale
+  without (TF1 legacy); lower = max(floor(source), 0), upper = min(ceil(
+  source), in_size - 1), lerp = source - floor(source).
+
+  Returns:
+    (lower int32[out_size], upper int32[out_size], lerp float32[out_size]).
+  """
+  f32 = np.float32
+  scale = f32(in_size) / f32(out_size)
+  i = np.arange(out_size, dtype=f32)
+  source = (i + f32(0.5)) * scale - f32(0.5) if half_pixel else i * scale
+  floor = np.floor(source)
+  lower = np.maximum(floor, 0).astype(np.int32)
+  upper = np.minimum(np.ceil(source), in_size - 1).astype(np.int32)
+  return lower, upper, (source - floor).astype(f32)
+
+
+def _resize_bilinear_static(image, out_h: int, out_w: int, half_pixel: bool):
+  """TF ResizeBilinear (half-pixel or legacy) of [H, W, C] -> float32.
+
+  Equals tf.raw_ops.ResizeBilinear(align_corners=False, half_pixel_centers=
+  half_pixel) bit for bit (tests).
+  """
+  return _bilinear_lerp(
+      image, _static_bilinear_taps(image.shape[0], out_h, half_pixel),
+      _static_bilinear_taps(image.shape[1], out_w, half_pixel))
 
 
 def _area_taps(n_in: int, n_out: int):
@@ -948,6 +1043,173 @@ def gaussian_blur(p: float = 0.5, sigma_min: float = 0.1,
   return op
 
 
+# ----------------------------------------------------------------------------
+# Corruptions of the pretraining images (Cole et al. 2022): written
+# before the augmentation, e.g. decode|downsample(2)|inception_crop(32)|flip_lr.
+
+
+def _positive_int(x, what: str) -> int:
+  if not (isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+          and x > 0):
+    raise ValueError(f'{what} must be a positive int, got {x!r}')
+  return int(x)
+
+
+def downsample_shape(h: int, w: int, factor: int) -> Tuple[int, int]:
+  """The low-resolution size of `downsample`: max(side // factor, 1)."""
+  return max(h // factor, 1), max(w // factor, 1)
+
+
+@register('downsample')
+def downsample(factor: int, half_pixel: bool = True) -> Op:
+  """Loss of resolution: area resize down by `factor`, bilinear back up.
+
+  uint8[H, W, C] -> uint8[H, W, C] (same size). Down: TF's resize_area
+  (align_corners=False; ResizeArea has no half-pixel option) to
+  downsample_shape (max(side // factor, 1): an exact box mean when factor
+  divides the side), rounded to uint8 (the low-resolution image as stored);
+  up: TF's ResizeBilinear to (H, W), rounded. factor 1 is the identity.
+
+  half_pixel (default True): half-pixel centres, the default of TF2's
+  tf.image.resize 'bilinear' (Cole et al.'s exact resize call is not known
+  here): the upsampled grid is aligned with the area cells, so the
+  corruption removes detail without moving the image. False: the TF1
+  legacy kernel of this project's other resizes (revisiting study), which
+  samples output pixel i at input i / factor and so shifts the content by
+  (factor - 1) / 2 pixels towards the top-left and repeats the last rows
+  and columns (1.5 pixels at 4x).
+  Both equal TF's kernels bit for bit.
+  """
+  factor = _positive_int(factor, 'factor')
+  if not isinstance(half_pixel, bool):
+    raise ValueError(f'half_pixel must be True or False, got {half_pixel!r}')
+  def op(key, image):
+    del key
+    if factor == 1:
+      return image
+    h, w = image.shape[:2]
+    small = _to_uint8(_resize_area(image, *downsample_shape(h, w, factor)))
+    return _to_uint8(_resize_bilinear_static(small, h, w, half_pixel))
+  return op
+
+
+def _jpeg_quality(quality) -> int:
+  if not (isinstance(quality, (int, np.integer)) and
+          not isinstance(quality, bool) and 1 <= quality <= 100):
+    raise ValueError(f'quality must be an int in [1, 100], got {quality!r}')
+  return int(quality)
+
+
+JPEG_REFUSAL = (
+    'JAX has no JPEG codec; the in-memory path must corrupt its stored images '
+    'once at load time (ssl_jax.data.ops.split_host_ops + apply_host_ops, or '
+    'jpeg_corrupt(images, quality)) and run the rest of the spec here; the '
+    'tfds path runs jpeg per example in tf.data (check such specs with '
+    'host=True)')
+
+
+@register('jpeg')
+def jpeg(quality: int) -> Op:
+  """JPEG compression at `quality` (1..100): host-only, refused in JAX.
+
+  The tf.data op (input_pipeline.preprocess.jpeg) and `jpeg_corrupt` encode
+  baseline JPEG, 4:2:0 chroma, libjpeg quality scaling, and decode with the
+  accurate integer IDCT. Raises HostOnlyOpError (a ValueError; build_op
+  turns it into a one-line message) once the quality is valid.
+  """
+  _jpeg_quality(quality)
+  raise HostOnlyOpError(JPEG_REFUSAL)
+
+
+def jpeg_corrupt(images, quality: int) -> np.ndarray:
+  """JPEG round trip of uint8 RGB images on the host (PIL), deterministic.
+
+  The in-memory path's version of the `jpeg(quality)` op, run once on the
+  stored images: equals the tf.data op (tf.io.encode_jpeg(quality) then
+  decode_jpeg(dct_method='INTEGER_ACCURATE')) bit for bit (tests): baseline,
+  4:2:0 chroma subsampling, no Huffman optimisation, libjpeg's quality
+  scaling of the standard tables, accurate integer DCT both ways.
+
+  Args:
+    images: uint8[N, H, W, 3] or uint8[H, W, 3].
+    quality: int in [1, 100] (Cole et al.'s levels here: 10 and 30).
+
+  Returns:
+    uint8 numpy array of the input's shape.
+
+  Raises:
+    ValueError: bad quality, or images not uint8 RGB.
+    ImportError: Pillow is not installed (it is a test dependency; the
+      machine running the in-memory path needs it for this op).
+  """
+  quality = _jpeg_quality(quality)
+  images = np.asarray(images)
+  single = images.ndim == 3
+  batch = images[None] if single else images
+  if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+    raise ValueError(f'jpeg_corrupt: images must be uint8 [N, H, W, 3] or '
+                     f'[H, W, 3], got {images.dtype}{list(images.shape)}')
+  try:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError('jpeg_corrupt needs Pillow (pip install Pillow)') from e
+  out = np.empty_like(batch)
+
+  def one(i):
+    buf = io.BytesIO()
+    Image.fromarray(batch[i], 'RGB').save(buf, format='JPEG', quality=quality,
+                                          subsampling='4:2:0', optimize=False,
+                                          progressive=False)
+    with Image.open(buf) as decoded:
+      out[i] = np.asarray(decoded.convert('RGB'))
+
+  # PIL's codecs release the GIL: threads scale with the host's cores.
+  workers = min(8, os.cpu_count() or 1, max(len(batch), 1))
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    list(pool.map(one, range(len(batch))))
+  return out[0] if single else out
+
+
+def salt_pepper_apply(image, u, p: float):
+  """Salt-and-pepper for given uniforms: u < p/2 -> 255, p/2 <= u < p -> 0.
+
+  image uint8[H, W, C]; u float32[H, W, 1] (one draw per pixel, all
+  channels together) or [H, W, C] (per channel). Other pixels unchanged.
+  """
+  salt = jnp.asarray(255, jnp.uint8)
+  pepper = jnp.asarray(0, jnp.uint8)
+  return jnp.where(u < p / 2, salt, jnp.where(u < p, pepper, image))
+
+
+@register('salt_pepper')
+def salt_pepper(p: float, per_channel: bool = False) -> Op:
+  """Salt-and-pepper noise: each pixel independently becomes white (255)
+  with probability p/2 or black (0) with probability p/2.
+
+  uint8[H, W, C] -> uint8[H, W, C]. One uniform u per pixel (the op's one
+  draw, H x W numbers): u < p/2 salt, p/2 <= u < p pepper. Default: all
+  channels of a pixel together (white and black dots, the textbook impulse
+  noise and the default of DALI's and albumentations' salt-and-pepper; Cole
+  et al. give p only). per_channel=True draws each channel apart (H x W x C
+  numbers): coloured impulses, as skimage's random_noise(mode='s&p') and
+  so imagecorruptions' impulse_noise (ImageNet-C), where p is the rate per
+  channel value.
+  """
+  p = _prob(p)
+  if not isinstance(per_channel, bool):
+    raise ValueError(f'per_channel must be True or False, got '
+                     f'{per_channel!r}')
+  def op(key, image):
+    if image.ndim != 3:
+      raise ValueError(f'salt_pepper: needs images [H, W, C], got shape '
+                       f'{tuple(image.shape)}')
+    h, w, c = image.shape
+    k = c if per_channel else 1
+    u = _uniforms(key, h * w * k).reshape(h, w, k)
+    return salt_pepper_apply(image, u, p)
+  return op
+
+
 @register(VIEWS)
 def views(n: int) -> Op:
   """Repeats the image n times: uint8[H, W, C] -> uint8[n, H, W, C].
@@ -1032,7 +1294,12 @@ def make_batch_fn(spec: str, *, train: bool,
     ValueError while tracing for non-uint8 or non-4-D input and for ops that
     cannot apply to the shape (e.g. a crop larger than the image).
   """
-  ops, index = _build(spec, train)
+  return _batch_fn(spec, train, materialize, host=False)
+
+
+def _batch_fn(spec, train, materialize, host):
+  """make_batch_fn; host=True (output_shape only) keeps host-only ops' shape."""
+  ops, index = _build(spec, train, host)
   if materialize is None:
     materialize = jax.default_backend() == 'cpu'
 
@@ -1077,16 +1344,114 @@ def make_batch_fn(spec: str, *, train: bool,
   return fn
 
 
-def output_shape(spec: str, input_shape: Sequence[int], *, train: bool
-                 ) -> Tuple[int, ...]:
+def output_shape(spec: str, input_shape: Sequence[int], *, train: bool,
+                 host: bool = False) -> Tuple[int, ...]:
   """Shape of one example after `spec` for input (H, W, C); no compute.
+
+  host: the spec is for the tf.data path; host-only ops (which keep the
+    shape) are allowed, as in check_spec.
 
   Returns (h, w, C) or (n, h, w, C) with views(n). Via jax.eval_shape.
   Raises ValueError for a bad spec or a shape the ops cannot take.
   """
   if len(input_shape) != 3:
     raise ValueError(f'input_shape must be (H, W, C), got {input_shape!r}')
-  fn = make_batch_fn(spec, train=train)
+  fn = _batch_fn(spec, train, None, host)
   out = jax.eval_shape(fn, jax.random.key(0),
                        jax.ShapeDtypeStruct((1, *input_shape), jnp.uint8))
   return tuple(out.shape[1:])
+
+
+# ----------------------------------------------------------------------------
+# Host-only ops on stored images (the in-memory path).
+
+HOST_FNS: Dict[str, Callable[..., np.ndarray]] = {'jpeg': jpeg_corrupt}
+
+
+def _spec_parts(spec: str) -> List[str]:
+  """The op strings of `spec`, one per parse_spec entry (same split)."""
+  return [part.strip() for part in spec.split('|') if part.strip()]
+
+
+def split_host_ops(spec: str) -> Tuple[str, str]:
+  """Splits `spec` for the in-memory path: (host_spec, device_spec).
+
+  host_spec: the ops up to and including the last host-only op (HOST_ONLY_OPS,
+  `jpeg`), to run ONCE on the stored images (apply_host_ops); device_spec:
+  the rest, for make_batch_fn. ('', spec) without host-only ops. Running the
+  prefix once equals running it per example (the tf.data path) because every
+  op in it must be deterministic (DETERMINISTIC_OPS or host-only); e.g.
+  'decode|downsample(2)|jpeg(10)|inception_crop(32)|flip_lr' ->
+  ('decode|downsample(2)|jpeg(10)', 'inception_crop(32)|flip_lr').
+
+  Raises:
+    ValueError (one line): a bad spec, or a random op / views before a
+    host-only op (it could not be applied once), naming both.
+  """
+  parsed = parse_spec(spec, known=OPS)
+  host = [i for i, (name, _, _) in enumerate(parsed) if name in HOST_ONLY_OPS]
+  if not host:
+    return '', spec
+  last = host[-1]
+  for name, args, kwargs in parsed[:last + 1]:
+    if name not in DETERMINISTIC_OPS | HOST_ONLY_OPS:
+      raise ValueError(
+          f'Preprocessing {spec!r}: {parsed[last][0]!r} is applied once to the '
+          f'stored images on the in-memory path, so only deterministic ops '
+          f'({", ".join(sorted(DETERMINISTIC_OPS))}) may come before it; '
+          f'found {name!r}')
+    build_op(name, args, kwargs, train=True, spec=spec, host=True)
+  parts = _spec_parts(spec)
+  return '|'.join(parts[:last + 1]), '|'.join(parts[last + 1:])
+
+
+def apply_host_ops(images, host_spec: str, *, batch_size: int = 1024
+                   ) -> np.ndarray:
+  """Runs a host_spec of split_host_ops once on stored images.
+
+  Host-only ops run their HOST_FNS version (jpeg: jpeg_corrupt, PIL); runs
+  of the other (deterministic) ops run through make_batch_fn, jitted, in
+  chunks of `batch_size`. The result equals the tf.data path's per-example
+  output of the same ops (tests).
+
+  Args:
+    images: uint8[N, H, W, C] (C = 3 for jpeg).
+    host_spec: only deterministic and host-only ops (split_host_ops' first
+      part); '' returns the images unchanged.
+
+  Returns:
+    uint8 numpy [N, h, w, C].
+
+  Raises:
+    ValueError: a bad spec or an op that is neither deterministic nor
+      host-only; images not uint8[N, H, W, C].
+  """
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise ValueError(f'apply_host_ops: images must be uint8 [N, H, W, C], got '
+                     f'{images.dtype}{list(images.shape)}')
+  parsed = parse_spec(host_spec, known=OPS)
+  bad = [n for n, _, _ in parsed if n not in DETERMINISTIC_OPS | HOST_ONLY_OPS]
+  if bad:
+    raise ValueError(f'apply_host_ops: {host_spec!r} has ops that are neither '
+                     f'deterministic nor host-only: {bad} (use split_host_ops)')
+  parts = _spec_parts(host_spec)
+  device = []  # The pending run of device ops.
+
+  def flush(images):
+    if not device:
+      return images
+    fn = jax.jit(make_batch_fn('|'.join(device), train=True))
+    key = jax.random.key(0)  # Unused: the ops are deterministic.
+    device.clear()
+    return np.concatenate([np.asarray(fn(key, images[i:i + batch_size]))
+                           for i in range(0, max(len(images), 1),
+                                          batch_size)])
+
+  for (name, args, kwargs), part in zip(parsed, parts):
+    if name in HOST_ONLY_OPS:
+      build_op(name, args, kwargs, train=True, spec=host_spec, host=True)
+      images = HOST_FNS[name](flush(images), *args, **kwargs)
+    else:
+      device.append(part)
+  return flush(images)
