@@ -1,9 +1,10 @@
 """Building blocks shared by the model zoo (NHWC, Flax linen).
 
 These reproduce TF1 `tf.layers` defaults as the study used them (spec section 4):
-Glorot-uniform kernels, bias-free trunk convs, BN momentum 0.99 / epsilon 1e-3, and the
-"fixed padding" (explicit pad, then VALID) of the TF ResNet code. Parameters are always
-float32; `dtype` only sets the compute dtype (float32 or bfloat16).
+Glorot-uniform kernels, bias-free trunk convs, BN momentum 0.99 / epsilon 1e-3 (alexnet_bn
+passes Goyal et al.'s 0.9 / 1e-5), and the "fixed padding" (explicit pad, then VALID) of
+the TF ResNet code. Parameters are always float32; `dtype` only sets the compute dtype
+(float32 or bfloat16).
 """
 import functools
 from typing import Any, Optional, Sequence, Union
@@ -42,25 +43,28 @@ def fixed_padding(x, kernel_size: Union[int, Sequence[int]], dilation: int = 1):
 
 
 def conv(features: int, kernel_size, strides=1, *, dtype: Dtype, padding='VALID',
-         dilation: int = 1, name: Optional[str] = None) -> nn.Conv:
+         dilation: int = 1, groups: int = 1, name: Optional[str] = None) -> nn.Conv:
   """A bias-free trunk conv (Glorot-uniform kernel, float32 params, `dtype` compute).
 
   `dilation` r > 1 makes it atrous (taps r pixels apart); the parameters do not change.
+  `groups` g > 1 (AlexNet's two-GPU convs): input and output channels split into g
+  groups, each output group seeing only its input group; kernel [k, k, Cin/g, Cout].
   """
   return nn.Conv(features, _pair(kernel_size), strides=_pair(strides), padding=padding,
-                 kernel_dilation=_pair(dilation), use_bias=False, kernel_init=KERNEL_INIT,
-                 dtype=dtype, param_dtype=jnp.float32, name=name)
+                 kernel_dilation=_pair(dilation), feature_group_count=groups,
+                 use_bias=False, kernel_init=KERNEL_INIT, dtype=dtype,
+                 param_dtype=jnp.float32, name=name)
 
 
 def conv_fixed(x, features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype,
-               name: str, dilation: int = 1):
+               name: str, dilation: int = 1, groups: int = 1):
   """Fixed padding then a VALID bias-free conv; call from inside a compact method.
 
   x [N,H,W,Cin] -> [N, ceil(H/strides), ceil(W/strides), features] for odd kernel sizes
-  (any `dilation`: the padding covers the dilated kernel).
+  (any `dilation`: the padding covers the dilated kernel). `groups`: as conv.
   """
-  return conv(features, kernel_size, strides, dtype=dtype, dilation=dilation, name=name)(
-      fixed_padding(x, kernel_size, dilation))
+  return conv(features, kernel_size, strides, dtype=dtype, dilation=dilation, groups=groups,
+              name=name)(fixed_padding(x, kernel_size, dilation))
 
 
 def atrous_plan(root_stride: int, stage_strides: Sequence[int], output_stride: int = 0,
@@ -103,14 +107,17 @@ def atrous_plan(root_stride: int, stage_strides: Sequence[int], output_stride: i
   return plan
 
 
-def batch_norm(*, train: bool, dtype: Dtype, axis_name: Optional[str]):
+def batch_norm(*, train: bool, dtype: Dtype, axis_name: Optional[str], momentum: float = 0.99,
+               epsilon: float = 1e-3):
   """nn.BatchNorm with tf.layers.batch_normalization defaults (call with name=...).
 
   `axis_name=None` gives per-device statistics (the study's per-core BN); a mesh/pmap axis
-  name averages the statistics across that axis.
+  name averages the statistics across that axis. momentum / epsilon: TF's 0.99 / 1e-3
+  unless a model follows another source (alexnet_bn: Goyal's Caffe2 0.9 / 1e-5); momentum
+  m means running = m * running + (1 - m) * batch (TF, Caffe2 and Flax agree).
   """
   return functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=0.99, epsilon=1e-3,
+      nn.BatchNorm, use_running_average=not train, momentum=momentum, epsilon=epsilon,
       scale_init=nn.initializers.ones, bias_init=nn.initializers.zeros,
       dtype=dtype, param_dtype=jnp.float32, axis_name=axis_name)
 
@@ -177,6 +184,10 @@ class Trunk(nn.Module):
     output_stride: 0 = the model's own strides; N > 0: the stages that would take the
       stride past N run at stride 1 with dilated 3x3 convs (see atrous_plan), so the
       last endpoints keep stride N (dense heads: colorization). Parameters unchanged.
+    unit_endpoints: stage names (e.g. ('block3',)) whose every unit's output is also an
+      endpoint `<stage>/unit<j>` (j = 1..n, as the parameter names <stage>_unit<j>),
+      recorded just before the stage endpoint, which equals the last unit's; () = none.
+      Every unit of a stage has the stage output's shape. Parameters unchanged.
   """
   num_classes: int
   width: int = 4
@@ -186,3 +197,34 @@ class Trunk(nn.Module):
   last_relu: bool = True
   bn_axis_name: Optional[str] = None
   output_stride: int = 0
+  unit_endpoints: tuple = ()
+
+
+def unit_name(stage: str, j: int) -> str:
+  """The endpoint name of unit j (1-based) of `stage`: '<stage>/unit<j>'."""
+  return f'{stage}/unit{j}'
+
+
+def check_unit_endpoints(unit_endpoints, stages, model: str) -> tuple:
+  """Validates a Trunk's unit_endpoints against the model's stages.
+
+  Args:
+    unit_endpoints: the requested stage names (tuple or list of str).
+    stages: dict stage name -> number of units, in order ({} for a model without stages).
+    model: the model's name, for the message.
+  Returns:
+    the stage names as a tuple.
+  Raises:
+    ValueError: not a tuple/list of str, an unknown stage or a repeated one.
+  """
+  allowed = list(stages) or '() only: it has no stages of units'
+  if isinstance(unit_endpoints, str) or not isinstance(unit_endpoints, (tuple, list)):
+    raise ValueError(f'unit_endpoints={unit_endpoints!r} must be a tuple of stage names, e.g. '
+                     f"('block3',); allowed stages of {model}: {allowed}")
+  for stage in unit_endpoints:
+    if not isinstance(stage, str) or stage not in stages:
+      raise ValueError(f'unit_endpoints={tuple(unit_endpoints)!r}: {stage!r} is not a stage '
+                       f'of {model}; allowed: {allowed}')
+  if len(set(unit_endpoints)) != len(unit_endpoints):
+    raise ValueError(f'unit_endpoints={tuple(unit_endpoints)!r} names a stage twice')
+  return tuple(unit_endpoints)

@@ -81,9 +81,16 @@ class ResNet(layers.Trunk):
   (num_classes=0: the trunk alone, returning pre_logits and no logits endpoint).
   At 224 px: after_root/block1 56x56, block2 28, block3 14, block4 7; with
   output_stride=8: block3 and block4 28 (dilation 2 and 4), 16: block4 14.
+  unit_endpoints (e.g. ('block3',)): also block3/unit1..unit6, each bottleneck's output
+  (v1: after its final ReLU; v2: the sum, un-activated), all of block3's shape.
   """
   version: ClassVar[str] = 'v2'
   stage_sizes: ClassVar[tuple] = (3, 4, 6, 3)
+
+  @classmethod
+  def stages(cls):
+    """{stage name: number of residual units}: block1..block4 of (3, 4, 6, 3)."""
+    return {f'block{i + 1}': n for i, n in enumerate(cls.stage_sizes)}
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -109,12 +116,17 @@ class ResNet(layers.Trunk):
     root_stride = s * (1 if self.small_input else 2)
     plan = layers.atrous_plan(root_stride, strides, self.output_stride,
                               f'resnet50_{self.version}')
+    with_units = layers.check_unit_endpoints(self.unit_endpoints, self.stages(),
+                                             f'resnet50_{self.version}')
     for i, (n, (stride, rate0, rate)) in enumerate(zip(self.stage_sizes, plan)):
+      stage = f'block{i + 1}'
       for j in range(n):
         x = unit(64 * self.width * 2**i, stride if j == 0 else 1, dtype=self.dtype,
                  bn_axis_name=self.bn_axis_name, dilation=rate0 if j == 0 else rate,
-                 name=f'block{i + 1}_unit{j + 1}')(x, train)
-      endpoints[f'block{i + 1}'] = x
+                 name=f'{stage}_unit{j + 1}')(x, train)
+        if stage in with_units:  # The residual unit's output (v2: before any final BN).
+          endpoints[layers.unit_name(stage, j + 1)] = x
+      endpoints[stage] = x
 
     if not v1:  # block4 is recorded before the final BN(+ReLU).
       x = norm(name='final_bn')(x)

@@ -88,8 +88,16 @@ class RevNet(layers.Trunk):
   output_stride (layers.atrous_plan): a removed stage stride turns its pool into a
   stride-1 dilated mean (rate before) and dilates every 3x3 conv of the stage (rate
   after); at 224 px with output_stride=8, block3 and block4 are 28x28.
+  unit_endpoints (e.g. ('block3',)): also block3/unit1..unit6, each RevUnit's whole
+  output, the concatenation concat(x2, x1 + G(x2)) of its two halves in the order the
+  next unit splits them (the stage's pool_and_double precedes unit1), of block3's shape.
   """
   stage_sizes: ClassVar[tuple] = (3, 4, 6, 3)
+
+  @classmethod
+  def stages(cls):
+    """{stage name: number of reversible units}: block1..block4 of (3, 4, 6, 3)."""
+    return {f'block{i + 1}': n for i, n in enumerate(cls.stage_sizes)}
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -106,14 +114,18 @@ class RevNet(layers.Trunk):
     root_stride = s * (1 if self.small_input else 2)
     plan = layers.atrous_plan(root_stride, (1,) + pool_strides, self.output_stride,
                               'revnet50')
+    with_units = layers.check_unit_endpoints(self.unit_endpoints, self.stages(), 'revnet50')
     for i, (n, (stride, rate0, rate)) in enumerate(zip(self.stage_sizes, plan)):
+      stage = f'block{i + 1}'
       if i > 0:
         x = pool_and_double(x, pool_strides[i - 1], atrous_rate=rate0 if stride == 1 and
                             pool_strides[i - 1] > 1 else 0)
       for j in range(n):
         x = RevUnit(dtype=self.dtype, bn_axis_name=self.bn_axis_name, dilation=rate,
-                    name=f'block{i + 1}_unit{j + 1}')(x, train)
-      endpoints[f'block{i + 1}'] = x
+                    name=f'{stage}_unit{j + 1}')(x, train)
+        if stage in with_units:  # The unit's whole output concat(x2, y1).
+          endpoints[layers.unit_name(stage, j + 1)] = x
+      endpoints[stage] = x
 
     x = layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)(
         name='final_bn')(x)
