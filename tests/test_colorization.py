@@ -354,6 +354,81 @@ def test_dataset_bins_come_from_the_cache_without_tfds(tmp_path, monkeypatch):
   assert holder.data['how'] == 'loaded'
 
 
+@pytest.mark.parametrize('kind', ['not_a_zip', 'zip_magic', 'truncated', 'nan_prior',
+                                  'prior_shape'])
+def test_a_damaged_bins_file_is_a_one_line_start_up_error(tmp_path, kind):
+  """bins_from='file' names the file and the fault before anything compiles (a zip
+  that is not one used to end in a raw zipfile.BadZipFile)."""
+  path = str(tmp_path / f'{kind}.npz')
+  bins = _bins()
+  np.savez(path, centers=bins['centers'], prior=bins['prior'])
+  if kind == 'not_a_zip':
+    with open(path, 'wb') as f:
+      f.write(b'not an archive')
+  elif kind == 'zip_magic':
+    with open(path, 'wb') as f:
+      f.write(b'PK\x03\x04' + b'\x00' * 64)
+  elif kind == 'truncated':
+    data = open(path, 'rb').read()
+    with open(path, 'wb') as f:
+      f.write(data[:len(data) // 3])
+  elif kind == 'nan_prior':
+    np.savez(path, centers=bins['centers'], prior=np.full(bins['num_bins'], np.nan))
+  else:
+    np.savez(path, centers=bins['centers'], prior=bins['prior'][:5])
+  c = _config(bins_from='file', bins_file=path)
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate(c, num_devices=8)
+  message = str(info.value)
+  assert 'bins_file' in message and path in message and '\n' not in message
+  with pytest.raises(ValueError, match='bins_file'):
+    colorization.bins_of(colorization.make_task(c)).data
+
+
+def test_a_damaged_dataset_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch, caplog):
+  c = _config(size=16, bins_cache_dir=str(tmp_path))
+  c.data.source = 'tfds'
+  c.data.train_split = 'train[:9]'      # A key no other test uses (the memo is per key).
+  images = np.random.RandomState(13).randint(0, 256, (3, 16, 16, 3)).astype(np.uint8)
+  key = color.dataset_key(c.data)
+  built = color.get_bins(key, lambda: images, 10, 'data', cache_dir=str(tmp_path))
+  with open(built['cache'] + '.npz', 'wb') as f:
+    f.write(b'PK\x03\x04' + b'\x00' * 64)          # Zip magic, no archive.
+  loads = []
+  monkeypatch.setattr(color, 'dataset_images', lambda *args: loads.append(1) or images)
+  with caplog.at_level('WARNING'):
+    assert colorization.resolve_bins(c, build=False) is None   # Validation stays cheap.
+    config_lib.validate(c, num_devices=8)
+    holder = colorization.bins_of(colorization.make_task(c))
+    np.testing.assert_array_equal(holder.centers, built['centers'])
+  assert holder.data['how'] == 'built' and loads == [1]
+  assert 'unusable and will be rebuilt' in caplog.text and built['cache'] in caplog.text
+  assert color.cached_bins(key, 10, 'data', cache_dir=str(tmp_path))['how'] == 'loaded'
+
+
+@pytest.mark.parametrize('smooth', [False, True])
+def test_mean_target_weight_is_one_under_the_prior_it_was_normalised_with(smooth):
+  """Images of constant 8x8 blocks: each block is one head pixel (stride 8) and 64
+  pixels of the prior, so the mean target weight is the weights' mean over the pixel
+  distribution: 1 with the raw prior; with the smoothed prior (the default) it is
+  sum raw * w, not 1, while sum smoothed * w = 1."""
+  images = _block_images(np.random.RandomState(14), 8, 32, 8)
+  images[:4] = images[:4] // 4 + 96        # Many blocks near grey: a concentrated prior.
+  bins = color.derive_bins(images, 10, 'data')
+  task = _task(_config(size=32, smooth_prior=smooth), bins)
+  _, t = _pretext(task, images)
+  weight = np.asarray(t['weight'], np.float64)
+  assert weight.shape == (8, 4, 4)
+  w = colorization.bins_of(task).weights.astype(np.float64)
+  np.testing.assert_allclose(weight.mean(), (bins['prior'] * w).sum(), rtol=1e-5)
+  if smooth:
+    smoothed = color.smooth_prior(bins['prior'], bins['centers'], 5.0)
+    np.testing.assert_allclose((smoothed * w).sum(), 1.0, rtol=1e-5)
+    assert abs(weight.mean() - 1.0) > 0.02
+  else:
+    np.testing.assert_allclose(weight.mean(), 1.0, rtol=1e-5)
+
+
 @pytest.mark.parametrize('key,value,match', [
     ('grid', 7, r'grid=7'), ('bin_rule', 'hull', 'bin_rule'), ('k', 0, r'k=0'),
 ('sigma', 0.0, 'sigma'), ('lam', 1.5, 'lam'),
@@ -397,6 +472,14 @@ def test_presets():
   assert c.input.pp_train == 'decode|resize(256)|crop(176)|flip_lr'
   strides = models.endpoint_strides('resnet50_v2', output_stride=8)
   assert strides['block4'] == 8 and colorization.endpoint_and_stride(c) == ('block4', 8)
+  # Zhang's bins (his 313 at grid 10) on the imagenet preset's training.
+  z = col_config.get_config('zhang')
+  assert (z.tasks.colorization.bin_rule, z.tasks.colorization.smooth_prior) == ('in_hull', True)
+  for key in ('model', 'input', 'optimizer', 'data'):
+    assert z[key].to_dict() == c[key].to_dict(), key
+  assert z.batch_size == c.batch_size and z.num_epochs == c.num_epochs
+  assert len(color.in_hull_cells(z.tasks.colorization.grid)) == 313
+  assert col_config.get_config('cifar10').tasks.colorization.bin_rule == 'data'  # Goyal's.
   c = col_config.get_config('cifar10_cpu')
   assert c.model.width == 1 and c.model.small_input
   assert colorization.endpoint_and_stride(c) == ('block4', 8)

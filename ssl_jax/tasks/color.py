@@ -24,32 +24,46 @@ Cell geometry (decision)
   within +-110), and anything beyond is clipped into the edge cells, so no
   pixel is ever dropped. `ab_grid_cells(g)` lists every cell centre.
 
-Bin rules (derive_bins; get_bins caches them per dataset, the CLI fills the cache)
+Bin rules (derive_bins; get_bins caches them per dataset; the command line
+python -m ssl_jax.tools.color_bins fills the cache)
   Bins come from one pass that counts pixels per 8-bit colour
   (colour_histogram; float images are rounded to 8 bits), then any grid and
-  rule follows in about a second.
+  rule follows in about a second. Whatever the rule, the prior comes from the
+  data's pixels (bins no pixel reaches get prior 0; the lambda/Q term keeps
+  their weight finite).
   'data' (Goyal): every cell that holds at least one training pixel.
-  'in_gamut' (Zhang): every cell that holds the ab of at least one 8-bit sRGB
-    colour, whatever the data; the prior still comes from the data's pixels
-    (bins no pixel reaches get prior 0; the lambda/Q term keeps their weight
-    finite). Computed from the 390,152 colours on the surface of the RGB cube
-    (srgb_surface_colours), which reach exactly the same cells as all 256^3
-    colours at grids 5, 10, 15 and 20 (tests check this against skimage on all
-    256^3 colours).
+  'in_gamut': every cell that holds the ab of at least one 8-bit sRGB colour,
+    whatever the data. Computed from the 390,152 colours on the surface of the
+    RGB cube (srgb_surface_colours), which reach exactly the same cells as all
+    256^3 colours at grids 5, 10, 15 and 20 (tests check this against skimage
+    on all 256^3 colours).
+  'in_hull' (Zhang's 313 at grid 10): H = the 2-D convex hull of the ab of all
+    8-bit sRGB colours (srgb_ab_hull); keep every cell [g*i, g*i + g) x
+    [g*j, g*j + g) whose closed square meets H; the bins are all the corners of
+    those cells, i.e. the multiples of g within Chebyshev distance g of H
+    (hull_chebyshev_distance). They lie on the same lattice as the other
+    rules' centres and contain every 'in_gamut' bin (a cell holding a colour
+    has its centre within g/2 of H), so pixels are counted in the same cells.
+    At grid 10 this is exactly Zhang's pts_in_hull: 313 points from 272 cells,
+    a in [-90, 100], b in [-110, 100], the row a = -90 holding b = 50..90
+    (his file starts at (-90, 50), richzhang/colorization#23); the hull of the
+    313 points has 16 vertices and no other grid point inside it. The set does
+    not hang on rounding: the included points reach distance 9.726 (at
+    (-30, -50)), the excluded ones start at 10.070 (at (80, 80)), so any
+    half-width in [9.73, 10.07) gives it. H is computed from the 3,056 colours
+    on the 12 edges of the RGB cube (srgb_edge_colours): every vertex of the
+    hull of all 256^3 colours (514 of them, skimage's constants, D65) is a
+    cube-edge colour (the corners and the edges green-cyan-blue), so the two
+    hulls are the same polygon (tests check it against skimage on all 256^3).
   Bin counts measured on all 256^3 sRGB colours (skimage Lab):
     grid                                         5     10    15    20
-    centres on multiples of g (ours)           969    261   126    77
+    'in_gamut': centres on multiples of g       969    261   126    77
     lower edges on multiples of g              973    268   127    79
     Goyal's edges -128 + g*k                   972    262   124    75
-    grid points inside the convex hull         925    233   103    58
-  Zhang's 313 (grid 10) is NOT reproduced by any of these; it needs a region
-  about 20% larger than the sRGB ab gamut (e.g. grid points within 14.1 of an
-  sRGB colour give 315; the D50 white gives 278, illuminant A 341; RGB values
-  overshooting to [-0.05, 1.05] give 286). Zhang's file starts at (-90, 50)
-  (richzhang/colorization#23), while the only a = -90 cell 8-bit sRGB reaches
-  is (-90, 80) (pure green is (-86.2, 83.2)), so his gamut was wider than
-  8-bit sRGB; how exactly is not documented. We do not force 313:
-  the in-gamut rule here gives 261 bins at grid 10.
+    grid points inside the convex hull         925    233   103    59
+    'in_hull': within Chebyshev g of the hull  1083    313   159   101
+  (cells meeting the hull for 'in_hull': 1003, 272, 130, 79). The 261
+  'in_gamut' bins at grid 10 are Zhang's 313 less 52 rim points.
 
 Goyal's quirks (`goyal_quirks=True` reproduces them for the 'data' rule; off by default)
   - Histogram edges arange(-128, 128, g) (np.histogram2d semantics: half-open
@@ -70,19 +84,35 @@ Targets (Zhang 2016, Sec. 2.1-2.3)
   the released training layer, 2..Q in Goyal's sweep; K = 1 is the hard
   assignment). Rebalancing: w ~ ((1 - lambda) p + lambda / Q)^-alpha with
   lambda = 0.5, alpha = 1, p the prior smoothed by a Gaussian of sigma = 5
-  (Zhang) or raw (Goyal), normalised so that sum_q p_q w_q = 1; each pixel
-  takes the weight of its nearest bin (the argmax of its soft target). Images
-  whose every |a| and |b| is <= 5 are grey and get weight 0. Decoding for
-  pictures: annealed mean, T = 0.38.
+  (Zhang) or raw (Goyal), normalised so that sum_q p_q w_q = 1 with that same
+  p; each pixel takes the weight of its nearest bin (the argmax of its soft
+  target). So the weights average 1 under the prior they were normalised with:
+  with the raw prior (smooth=False) that is the training pixels' distribution;
+  with the smoothed one (Zhang's, the default) the pixels' mean weight is
+  sum_q raw_q w_q, which is not 1: below it where the raw prior is more
+  concentrated than the smoothed one on the common bins, whose weights are
+  small. Measured on CIFAR-10 train[:45000] at 32 px, 'data' rule: 0.84 / 0.86 /
+  0.96 / 1.00 at grid 5 / 10 / 15 / 20 (in_hull at grid 10: 0.86). Images whose
+  every |a| and |b| is <= 5 are grey and get weight 0. Decoding for pictures:
+  annealed mean, T = 0.38.
+
+Cache (get_bins, cached_bins)
+  One .npz (centers, counts, prior) and one .json (everything else) per
+  dataset, grid, rule and options, written atomically. The cache is derived
+  data: an entry that cannot be read or fails any check (a missing half, not a
+  zip, truncated, arrays missing or of the wrong shape or dtype, non-finite or
+  negative values, a prior that is not counts / total, centres that are not
+  the rule's bins on its lattice, metadata of other arguments) is rebuilt with
+  a warning naming the file and the reason. A bins file given by the user
+  (read_bins_file, the task's bins_from='file') gets the checks that apply to
+  it but raises a one-line ValueError naming the file instead.
 """
-import argparse
 import functools
 import hashlib
 import json
 import math
 import os
 import re
-import sys
 import time
 
 from absl import logging
@@ -91,7 +121,7 @@ import jax.numpy as jnp
 import numpy as np
 
 GRIDS = (5, 10, 15, 20)
-RULES = ('data', 'in_gamut')
+RULES = ('data', 'in_gamut', 'in_hull')
 AB_RANGE = 128.0        # Cells cover [-128, 128]: OpenCV's 8-bit ab range.
 GREY_THRESHOLD = 5.0    # Zhang's non-grey mask: grey iff every |a|, |b| <= 5.
 _CACHE_VERSION = 1      # Bump when the derivation changes; it is part of the file name.
@@ -270,6 +300,117 @@ def in_gamut_cells(grid):
   return out
 
 
+def srgb_edge_colours():
+  """The 3,056 distinct uint8 colours [N, 3] on the 12 edges of the RGB cube (at least
+  two channels at 0 or 255): the 8 corners and 254 inner steps per edge."""
+  full, ends = np.arange(256), np.array([0, 255])
+  parts = []
+  for axis in range(3):  # The edges along `axis`: the other two channels at an end.
+    grids = [ends, ends, ends]
+    grids[axis] = full if axis == 0 else np.arange(1, 255)  # Corners counted once.
+    parts.append(np.stack([x.ravel() for x in np.meshgrid(*grids, indexing='ij')], -1))
+  return np.unique(np.concatenate(parts), axis=0).astype(np.uint8)
+
+
+def convex_hull_2d(points):
+  """Vertices of the convex hull of float [N, 2] points, counter-clockwise, float64 [V, 2].
+
+  Andrew's monotone chain on the lexicographically sorted distinct points; collinear
+  points on an edge are not vertices. Starts at the smallest (a, b). Raises ValueError
+  for fewer than 3 non-collinear points.
+  """
+  pts = np.unique(np.asarray(points, np.float64).reshape(-1, 2), axis=0)  # Sorted.
+
+  def chain(seq):
+    out = []
+    for p in seq:
+      while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1]) -
+                               (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
+        out.pop()
+      out.append(p)
+    return out[:-1]
+
+  hull = np.array(chain(pts) + chain(pts[::-1]))
+  if len(hull) < 3:
+    raise ValueError(f'convex_hull_2d: {len(pts)} distinct points span no area')
+  return hull
+
+
+@functools.lru_cache(maxsize=1)
+def srgb_ab_hull():
+  """The convex hull H of the ab of all 8-bit sRGB colours: float64 [V, 2] vertices, CCW.
+
+  Computed from srgb_edge_colours (Lab as rgb_to_lab, float64): every vertex of the
+  hull over all 256^3 colours is a cube-edge colour, so the hull is the same polygon
+  (module docstring; tests check it against skimage on all 256^3 colours). Read-only.
+  """
+  hull = convex_hull_2d(_lab_np(srgb_edge_colours())[:, 1:])
+  hull.flags.writeable = False
+  return hull
+
+
+def hull_chebyshev_distance(points, hull):
+  """Chebyshev (L-infinity) distance of points to a convex polygon, float64 [N]; 0 inside.
+
+  For a convex set K, d_inf(p, K) = max(0, max over u with |u|_1 = 1 of u.p - h_K(u))
+  (h_K the support function); the maximum is reached at an edge normal of K plus the
+  square [-1, 1]^2, i.e. at an edge normal of K or an axis. So with outward edge
+  normals n_k and edge offsets c_k = n_k . v_k it is the largest of
+  (n_k . p - c_k) / |n_k|_1 and the four bounding-box excesses. Exact (no sampling).
+
+  Args:
+    points: float [N, 2].
+    hull: float [V, 2] vertices in counter-clockwise order (convex_hull_2d).
+  """
+  p = np.asarray(points, np.float64).reshape(-1, 2)
+  v = np.asarray(hull, np.float64)
+  edge = np.roll(v, -1, axis=0) - v
+  normal = np.stack([edge[:, 1], -edge[:, 0]], -1)        # Outward for CCW vertices.
+  gap = (p @ normal.T - (normal * v).sum(-1)) / np.abs(normal).sum(-1)
+  box = np.concatenate([v.min(0) - p, p - v.max(0)], axis=-1)
+  return np.maximum(0.0, np.maximum(gap.max(-1), box.max(-1)))
+
+
+@functools.lru_cache(maxsize=None)
+def in_hull_cells(grid):
+  """Flat indices (into ab_grid_cells(grid)) of the 'in_hull' bins, int64 sorted.
+
+  The multiples of grid within Chebyshev distance grid of srgb_ab_hull(), i.e. the
+  corners of every cell [g*i, g*i + g) x [g*j, g*j + g) whose closed square meets
+  the hull: Zhang's 313 points at grid 10 (module docstring); 1083 / 313 / 159 / 101
+  at grid 5 / 10 / 15 / 20. Always a superset of in_gamut_cells(grid).
+
+  Raises:
+    ValueError: a grid whose in-hull points reach past the lattice of ab_grid_cells
+      (|coordinate| <= g * ceil(128 / g - 1/2)): 52 and 53 of 1..64.
+  """
+  grid = _check_grid(grid)
+  hull = srgb_ab_hull()
+  n = _half_cells(grid)
+  reach = int(math.ceil(np.abs(hull).max() / grid)) + 1   # Beyond it: farther than grid.
+  k = np.arange(-reach, reach + 1) * float(grid)
+  a, b = np.meshgrid(k, k, indexing='ij')
+  pts = np.stack([a.ravel(), b.ravel()], -1)
+  keep = pts[hull_chebyshev_distance(pts, hull) <= grid]
+  if np.abs(keep).max() > n * grid:
+    raise ValueError(f"rule 'in_hull' at grid={grid}: its points reach "
+                     f'{np.abs(keep).max():g}, past the cell lattice (+-{n * grid}); '
+                     f'allowed grids include {GRIDS}')
+  out = np.sort(_cell_index(keep, grid))
+  out.flags.writeable = False
+  return out
+
+
+def rule_cells(rule, grid):
+  """Flat cell indices of a data-independent rule ('in_gamut' or 'in_hull'), int64 sorted."""
+  grid = _check_grid(grid)
+  if rule == 'in_gamut':
+    return in_gamut_cells(grid)
+  if rule == 'in_hull':
+    return in_hull_cells(grid)
+  raise ValueError(f"rule={rule!r} has no fixed cells; allowed: 'in_gamut', 'in_hull'")
+
+
 def _codes(rgb_u8):
   """24-bit colour codes uint32 [...] of uint8-valued [..., 3]."""
   rgb = np.asarray(rgb_u8)
@@ -365,25 +506,29 @@ def derive_bins(images, grid=10, rule='data', *, goyal_quirks=False, exclude_gre
     images: as colour_histogram, or colour_histogram's result (then
       exclude_grey must match the one it was computed with).
     grid: ab cell size (5, 10, 15 or 20 in Goyal's sweep; 10 is standard).
-    rule: 'data' (Goyal: every cell holding a training pixel) or 'in_gamut'
-      (Zhang: every cell 8-bit sRGB reaches; see in_gamut_cells).
+    rule: 'data' (Goyal: every cell holding a training pixel), 'in_gamut' (every
+      cell 8-bit sRGB reaches; in_gamut_cells) or 'in_hull' (Zhang's 313 at grid
+      10: the grid points within Chebyshev distance grid of the sRGB ab hull;
+      in_hull_cells).
     goyal_quirks: 'data' rule only: Goyal's histogram edges (values above the
       last edge dropped) and lower-edge class coordinates.
     exclude_grey: see colour_histogram.
   Returns:
     dict(centers=float32 [Q, 2] (a-major order), counts=int64 [Q] (pixels per
-    bin), prior=float64 [Q] (counts / sum; zeros for in-gamut bins no pixel
-    reaches), grid, rule, goyal_quirks, exclude_grey, num_bins=Q, num_images,
+    bin), prior=float64 [Q] (counts / sum; zeros for in-gamut / in-hull bins no
+    pixel reaches), grid, rule, goyal_quirks, exclude_grey, num_bins=Q, num_images,
     num_pixels (counted), num_dropped (pixels outside Goyal's edges),
     num_grey_images).
   Raises:
-    ValueError: bad grid, rule, dtype or range, or no pixels for the 'data' rule.
+    ValueError: bad grid, rule, dtype or range, no pixels for the 'data' rule, or
+      'in_hull' at a grid whose points leave the lattice (in_hull_cells).
   """
   grid = _check_grid(grid)
   if rule not in RULES:
     raise ValueError(f'rule={rule!r}; allowed: {", ".join(RULES)}')
   if goyal_quirks and rule != 'data':
-    raise ValueError("goyal_quirks=True applies to rule='data' only (Goyal has no in-gamut rule)")
+    raise ValueError("goyal_quirks=True applies to rule='data' only (Goyal has no in-gamut "
+                     'or in-hull rule)')
   if isinstance(images, dict):
     hist = images
     if hist['exclude_grey'] != bool(exclude_grey):
@@ -405,9 +550,9 @@ def derive_bins(images, grid=10, rule='data', *, goyal_quirks=False, exclude_gre
       raise ValueError('derive_bins: no pixels to derive data bins from')
     centers = (_goyal_cells(grid) if goyal_quirks else ab_grid_cells(grid))[keep]
   else:
-    keep = in_gamut_cells(grid)
+    keep = rule_cells(rule, grid)
     if counts.sum() != counts[keep].sum():  # Same conversion on both sides: cannot happen.
-      raise RuntimeError('pixels outside the in-gamut cells; in_gamut_cells is stale')
+      raise RuntimeError(f'pixels outside the {rule} cells; rule_cells is stale')
     centers = ab_grid_cells(grid)[keep]
   kept = counts[keep]
   total = int(kept.sum())
@@ -469,7 +614,10 @@ def rebalance_weights(prior, centers=None, lam=0.5, sigma=5.0, smooth=True, alph
   w_q = ((1 - lam) p_q + lam / Q)^-alpha, scaled so that sum_q p_q w_q = 1,
   where p is the prior smoothed by smooth_prior (Zhang) or the raw prior
   (smooth=False, Goyal). Bins with p_q = 0 get the finite weight of the
-  uniform term when lam > 0.
+  uniform term when lam > 0. The weights thus average 1 under p: under the
+  raw prior (the pixels the prior was counted on) only with smooth=False;
+  with smooth=True their mean over those pixels is sum_q raw_q w_q, which is
+  not 1 (0.86 for CIFAR-10 at grid 10; module docstring, "Targets").
 
   Args:
     prior: float [Q] bin prior or counts (normalised here).
@@ -635,9 +783,156 @@ def _cache_base(directory, dataset_name, grid, rule, goyal_quirks, exclude_grey)
 _ARRAYS = ('centers', 'counts', 'prior')
 
 
+class BinsFileError(ValueError):
+  """A bins file (.npz) or cache entry that cannot be read or fails a check; one line."""
+
+
+def _one_line(e):
+  text = ' '.join(str(e).split())
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+def _load_npz(path):
+  """{name: array} of every member of an .npz file; BinsFileError if unreadable."""
+  try:
+    z = np.load(path, allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):
+      raise BinsFileError(f'bins file {path!r} is a single .npy array, not an .npz archive')
+    with z:
+      return {k: np.asarray(z[k]) for k in z.files}
+  except BinsFileError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # A damaged file fails anywhere in zipfile / zlib / numpy's format parser
+    # (BadZipFile, zlib.error, EOFError, ValueError, OSError, ...): all mean "unreadable".
+    raise BinsFileError(f'bins file {path!r} is not a readable .npz ({_one_line(e)})') from None
+
+
+def _check_bin_arrays(arrays, path, *, cache):
+  """Validated float64 centers [Q, 2], counts / prior [Q] of a bins file (see read_bins_file).
+
+  cache=True (a get_bins cache entry) needs all three arrays and prior = counts / total
+  (an all-zero prior only with all-zero counts).
+  """
+  def bad(msg):
+    raise BinsFileError(f'bins file {path!r}: {msg}')
+
+  need = set(_ARRAYS) if cache else {'centers'}
+  if not need <= set(arrays) or not {'prior', 'counts'} & set(arrays):
+    what = '`counts` and `prior`' if cache else '`prior` or `counts`'
+    bad(f'needs `centers` [Q, 2] and {what} [Q]; it has {sorted(arrays)}')
+  out = {}
+  for name in _ARRAYS:
+    if name in arrays:
+      x = arrays[name]
+      if x.dtype.kind not in 'biuf':
+        bad(f'`{name}` has dtype {x.dtype}; allowed: real numbers')
+      x = x.astype(np.float64)
+      if not np.isfinite(x).all():
+        bad(f'`{name}` has {int((~np.isfinite(x)).sum())} non-finite values')
+      out[name] = x
+  centers = out['centers']
+  if centers.ndim != 2 or centers.shape[1:] != (2,) or len(centers) == 0:
+    bad(f'`centers` has shape {centers.shape}; it must be [Q, 2] with Q >= 1')
+  q = len(centers)
+  if len(np.unique(centers, axis=0)) != q:
+    bad(f'`centers` repeats {q - len(np.unique(centers, axis=0))} bin centres')
+  for name in ('counts', 'prior'):
+    if name in out:
+      if out[name].shape != (q,):
+        bad(f'`{name}` has shape {out[name].shape}; it must be [Q] = [{q}] like `centers`')
+      if (out[name] < 0).any():
+        bad(f'`{name}` has {int((out[name] < 0).sum())} negative values')
+  if 'counts' in out and (out['counts'] != np.round(out['counts'])).any():
+    bad('`counts` holds non-integer values')
+  if cache:  # A user's file may pair counts with another prior (e.g. a smoothed one).
+    total = out['counts'].sum()
+    want = out['counts'] / total if total > 0 else np.zeros(q)
+    if not np.allclose(out['prior'], want, rtol=1e-9, atol=1e-12):
+      bad('`prior` is not `counts` / their total')
+  weights = out['prior'] if 'prior' in out else out['counts']
+  if weights.sum() <= 0 and not (cache and out['counts'].sum() == 0):
+    bad(f"`{'prior' if 'prior' in out else 'counts'}` is all zero")
+  return out
+
+
+def read_bins_file(path):
+  """Bins from an .npz holding `centers` [Q, 2] and `prior` or `counts` [Q] (e.g. a cache file).
+
+  Args:
+    path: file name.
+  Returns:
+    dict(centers=float32 [Q, 2], prior=float64 [Q] summing to 1 (from `prior`, else
+    `counts`), counts=int64 [Q] when present, num_bins=Q).
+  Raises:
+    BinsFileError (a ValueError), one line naming the file: not a readable .npz (missing,
+    not a zip, truncated, a pickle or a plain .npy), arrays missing, of a non-real dtype
+    or of the wrong shape, non-finite or negative values, repeated centres,
+    non-integer counts, or an all-zero prior. With both arrays, `prior` is used.
+  """
+  arr = _check_bin_arrays(_load_npz(path), path, cache=False)
+  prior = arr['prior'] if 'prior' in arr else arr['counts']
+  out = {'centers': arr['centers'].astype(np.float32), 'prior': prior / prior.sum(),
+         'num_bins': len(arr['centers'])}
+  if 'counts' in arr:
+    out['counts'] = arr['counts'].astype(np.int64)
+  return out
+
+
+def _check_centers(centers, grid, rule, goyal_quirks, path):
+  """BinsFileError unless centers float [Q, 2] are the rule's bins on its lattice, a-major."""
+  if rule == 'data':
+    lattice = _goyal_cells(grid) if goyal_quirks else ab_grid_cells(grid)
+    idx = _cell_index(centers, grid, goyal_quirks)
+    ok = ((idx >= 0).all() and np.array_equal(lattice[np.maximum(idx, 0)], centers)
+          and (np.diff(idx) > 0).all())
+  else:
+    want = ab_grid_cells(grid)[rule_cells(rule, grid)]
+    ok = centers.shape == want.shape and np.array_equal(want, centers)
+  if not ok:
+    raise BinsFileError(f'bins file {path!r}: `centers` are not the {rule!r} bins of the '
+                        f'grid-{grid} lattice{" (goyal_quirks)" if goyal_quirks else ""} in '
+                        'a-major order')
+
+
+def _read_cache(base, dataset_name, grid, rule, goyal_quirks, exclude_grey):
+  """get_bins' dict of a cache entry (base.npz + base.json); BinsFileError if unusable."""
+  path = base + '.npz'
+  arr = _check_bin_arrays(_load_npz(path), path, cache=True)
+  try:
+    with open(base + '.json') as f:
+      meta = json.load(f)
+  except Exception as e:  # pylint: disable=broad-except  (OSError, JSON and Unicode errors)
+    raise BinsFileError(f'bins metadata {base + ".json"!r} is not readable JSON '
+                        f'({_one_line(e)})') from None
+  q = len(arr['centers'])
+  want = {'dataset': dataset_name, 'grid': grid, 'rule': rule, 'goyal_quirks': goyal_quirks,
+          'exclude_grey': exclude_grey, 'num_bins': q, 'num_pixels': int(arr['counts'].sum())}
+  if not isinstance(meta, dict):
+    raise BinsFileError(f'bins metadata {base + ".json"!r} holds a {type(meta).__name__}, '
+                        'not an object')
+  for key, value in want.items():
+    if key not in meta or type(meta[key]) is not type(value) or meta[key] != value:
+      raise BinsFileError(f'bins metadata {base + ".json"!r}: {key}={meta.get(key)!r}, '
+                          f'expected {value!r}')
+  for key in ('num_images', 'num_grey_images', 'num_dropped'):
+    if type(meta.get(key)) is not int or meta[key] < 0:
+      raise BinsFileError(f'bins metadata {base + ".json"!r}: {key}={meta.get(key)!r} '
+                          'must be an integer >= 0')
+  _check_centers(arr['centers'], grid, rule, goyal_quirks, path)
+  if rule == 'data' and (arr['counts'] == 0).any():
+    raise BinsFileError(f"bins file {path!r}: a 'data' bin holds no pixel")
+  return dict(meta, centers=arr['centers'].astype(np.float32),
+              counts=arr['counts'].astype(np.int64), prior=arr['prior'])
+
+
 def cached_bins(dataset_name, grid=10, rule='data', *, goyal_quirks=False,
                 exclude_grey=False, cache_dir=None):
-  """The bins get_bins cached for these arguments, or None if none is cached (no work).
+  """The bins get_bins cached for these arguments, or None if there are none (no work).
+
+  A cache entry that cannot be read or fails a check (module docstring, "Cache") is
+  logged as a warning naming the file and the reason and treated as absent, so
+  get_bins rebuilds (and overwrites) it.
 
   Returns get_bins' dict ('how' = 'loaded') or None. Raises ValueError for a bad grid or
   rule.
@@ -647,14 +942,12 @@ def cached_bins(dataset_name, grid=10, rule='data', *, goyal_quirks=False,
     raise ValueError(f'rule={rule!r}; allowed: {", ".join(RULES)}')
   base = _cache_base(cache_dir or default_cache_dir(), dataset_name, grid, rule,
                      bool(goyal_quirks), bool(exclude_grey))
+  if not (os.path.lexists(base + '.npz') or os.path.lexists(base + '.json')):
+    return None
   try:
-    with np.load(base + '.npz') as z:
-      arrays = {k: z[k] for k in _ARRAYS}
-    with open(base + '.json') as f:
-      out = dict(json.load(f), **arrays)
-    if out['centers'].shape != (out['num_bins'], 2) or out['dataset'] != dataset_name:
-      raise ValueError('stale cache file')
-  except (OSError, ValueError, KeyError, EOFError):
+    out = _read_cache(base, dataset_name, grid, rule, bool(goyal_quirks), bool(exclude_grey))
+  except BinsFileError as e:
+    logging.warning('colour bins cache %s.npz is unusable and will be rebuilt: %s', base, e)
     return None
   out['how'] = 'loaded'
   out['cache'] = base
@@ -669,7 +962,7 @@ def get_bins(dataset_name, images_fn, grid=10, rule='data', *, goyal_quirks=Fals
     dataset_name: cache key naming the images, split included (e.g.
       dataset_key(config.data) = 'cifar10:train[:45000]@32px'); any string.
     images_fn: () -> images as accepted by derive_bins; called only on a
-      cache miss.
+      cache miss (no entry, or an unusable one: rebuilt with a warning).
     grid, rule, goyal_quirks, exclude_grey: as derive_bins.
     cache_dir: directory; default default_cache_dir() ($SSL_JAX_CACHE/color_bins or
       ~/.cache/ssl_jax/color_bins).
@@ -738,9 +1031,9 @@ def dataset_images(config, split_name='train', max_images=-1, batch_size=1024):
 
 def _save(base, out):
   """Atomic write (tmp + rename): concurrent hosts may derive the same bins."""
+  tmp = f'{base}.{os.getpid()}.tmp'
   try:
     os.makedirs(os.path.dirname(base), exist_ok=True)
-    tmp = f'{base}.{os.getpid()}.tmp'
     np.savez(tmp + '.npz', **{k: out[k] for k in _ARRAYS})
     with open(tmp + '.json', 'w') as f:
       json.dump({k: v for k, v in out.items() if k not in _ARRAYS}, f, indent=1)
@@ -748,54 +1041,6 @@ def _save(base, out):
     os.replace(tmp + '.npz', base + '.npz')
   except OSError as e:  # A read-only cache only costs a rebuild next time.
     logging.warning('could not cache colour bins at %s: %s', base, e)
-
-
-def main(argv=None):
-  """CLI: derive and cache the bins of a TFDS dataset split; prints the counts."""
-  parser = argparse.ArgumentParser(description='Derive and cache colorization ab bins.')
-  parser.add_argument('--dataset', required=True, help='name in configs/common.py DATASETS')
-  parser.add_argument('--split', default='train', choices=('train', 'val', 'test'),
-                      help="config split name (train = the dataset's train_split)")
-  parser.add_argument('--grid', type=int, nargs='+', default=[10])
-  parser.add_argument('--rule', nargs='+', default=['data'], choices=RULES)
-  parser.add_argument('--goyal_quirks', action='store_true')
-  parser.add_argument('--exclude_grey', action='store_true')
-  parser.add_argument('--max_images', type=int, default=-1,
-                      help='count only the first N images of the split (-1: all)')
-  parser.add_argument('--data_dir', default=None)
-  parser.add_argument('--cache_dir', default=None)
-  parser.add_argument('--rebuild', action='store_true')
-  args = parser.parse_args(argv)
-
-  from configs import common  # pylint: disable=g-import-not-at-top
-  if args.dataset not in common.DATASETS:
-    raise ValueError(f'--dataset={args.dataset!r}; allowed: {", ".join(common.DATASETS)}')
-  config = common.get_config()
-  config.data = common.data_config(args.dataset)
-  if args.data_dir:
-    config.data.data_dir = args.data_dir
-  name = dataset_key(config.data, args.split, args.max_images)
-
-  @functools.lru_cache(maxsize=1)
-  def histogram():  # Loaded and counted once, only on a cache miss.
-    t0 = time.time()
-    hist = colour_histogram(dataset_images(config, args.split, args.max_images),
-                            exclude_grey=args.exclude_grey)
-    print(f'loaded and counted {name}: {hist["num_images"]} images, '
-          f'{len(hist["codes"])} colours, in {time.time() - t0:.1f} s', flush=True)
-    return hist
-
-  for rule in args.rule:
-    for grid in args.grid:
-      out = get_bins(name, histogram, grid, rule, goyal_quirks=args.goyal_quirks,
-                     exclude_grey=args.exclude_grey, cache_dir=args.cache_dir,
-                     rebuild=args.rebuild)
-      print(f'{name} rule={rule} grid={grid}{" goyal_quirks" if args.goyal_quirks else ""}: '
-            f'{out["num_bins"]} bins ({out["how"]}; {out["num_images"]} images, '
-            f'{out["num_pixels"]} pixels, {out["num_grey_images"]} grey, '
-            f'{out["num_dropped"]} dropped) -> {out["cache"]}.npz', flush=True)
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())
+    for leftover in (tmp + '.npz', tmp + '.json'):
+      if os.path.isfile(leftover):
+        os.remove(leftover)

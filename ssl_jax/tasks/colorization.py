@@ -19,8 +19,11 @@ the preprocessing string's)
       subsampling) and, with fixed padding, exactly the input pixel on which the head's
       pixel (i, j) is centred (ResNet / tiny_cnn; RevNet's 2x2 pools put it up to
       (s-1)/2 px off). Targets are real pixel colours, so they follow the pixel
-      distribution the prior was counted on (rebalancing weights have expectation 1
-      under it), at the cost of aliasing.
+      distribution the prior was counted on, at the cost of aliasing. The rebalancing
+      weights average 1 under the prior they were normalised with: under that pixel
+      distribution only with smooth_prior=False (Goyal's raw prior); with the default
+      smoothed prior (Zhang's) they average 1 under the smoothed prior and less over
+      the pixels (CIFAR-10 train[:45000] at 32 px, grid 10, 'data' bins: 0.86).
     'mean': the mean ab of each s x s block (partial blocks at the border: their
       pixels only). Smoother but it mixes colours across edges (desaturating the
       targets, which the prior then no longer describes) and is centred (s-1)/2 px off
@@ -43,7 +46,7 @@ Loss: the rebalanced soft cross-entropy. Per image b:
   over devices). Grey images count in the denominator with loss 0, so the scalar is
   always the mean of the per-example losses (the contract's invariant); with a fraction g
   of grey images it is (1 - g) times the mean over valid pixels (measured here with
-  python -m ssl_jax.tasks.color: CIFAR-10 train[:45000] g = 764/45,000 = 1.7%,
+  python -m ssl_jax.tools.color_bins: CIFAR-10 train[:45000] g = 764/45,000 = 1.7%,
   Imagenette64 train[:8469] 210/8,469 = 2.5%, 234 in its whole train split of 9,469).
   Zhang's Caffe layer multiplies the gradient by the weights instead; the gradient is
   the same.
@@ -55,11 +58,15 @@ Bins (computed lazily, the first time the pretext or head is traced, so building
 task and validating configs stay cheap): bins_from='dataset' derives them from
 config.data's train split (color.get_bins: cached on disk under color.default_cache_dir()
 with key color.dataset_key, e.g. 'cifar10:train[:45000]@32px'; TensorFlow is imported
-only on a cache miss; `python -m ssl_jax.tasks.color --dataset cifar10` pre-fills it),
-or from the synthetic training images when config.data.source='synthetic' (no TFDS);
-bins_from='file' loads an .npz with `centers` f32[Q, 2] and `prior` (or `counts`) [Q],
-e.g. a cache file. The bin count is logged. Zhang's in-gamut rule gives 261 bins at
-grid 10 here, not his 313 (see color.py).
+only on a cache miss; `python -m ssl_jax.tools.color_bins --dataset cifar10` pre-fills
+it; an unusable cache entry is rebuilt with a warning), or from the synthetic training
+images when config.data.source='synthetic' (no TFDS); bins_from='file' loads an .npz
+with `centers` f32[Q, 2] and `prior` (or `counts`) [Q], e.g. a cache file
+(color.read_bins_file: a file that fails any check is a one-line ValueError naming it,
+at start-up). The bin count is logged. bin_rule: 'data' (Goyal: the cells holding
+training pixels), 'in_gamut' (the cells 8-bit sRGB reaches: 261 at grid 10) or
+'in_hull' (Zhang's: the grid points within Chebyshev distance `grid` of the sRGB ab
+hull, exactly his 313 at grid 10; see color.py); the prior always comes from the data.
 
 Evaluation input: EvalInput('lab_l', fn): u8[B, H, W, 3] -> the same (L - 50) / 50
 input, f32[B, H, W, input_channels].
@@ -231,18 +238,17 @@ def _bins_key(config):
 
 
 def load_bins_file(path):
-  """{'centers' f32[Q, 2], 'prior' f64[Q], 'num_bins'} from an .npz (prior or counts)."""
-  with np.load(path) as z:
-    if 'centers' not in z or not ('prior' in z or 'counts' in z):
-      raise ValueError(f'config.tasks.colorization.bins_file={path!r} must hold `centers` '
-                       f'[Q, 2] and `prior` or `counts` [Q]; it has {sorted(z.files)}')
-    centers = np.asarray(z['centers'], np.float32)
-    prior = np.asarray(z['prior'] if 'prior' in z else z['counts'], np.float64)
-  if centers.ndim != 2 or centers.shape[1] != 2 or prior.shape != (len(centers),):
-    raise ValueError(f'bins_file={path!r}: centers {centers.shape} and prior {prior.shape} '
-                     'must be [Q, 2] and [Q]')
-  return {'centers': centers, 'prior': prior / max(prior.sum(), 1e-300),
-          'num_bins': len(centers), 'how': 'file', 'cache': path}
+  """{'centers' f32[Q, 2], 'prior' f64[Q], 'num_bins', ...} from an .npz (prior or counts).
+
+  Raises a one-line ValueError naming config.tasks.colorization.bins_file and the file
+  for anything color.read_bins_file rejects (unreadable, missing arrays, wrong shapes,
+  non-finite or negative values, an all-zero prior).
+  """
+  try:
+    out = color.read_bins_file(path)
+  except color.BinsFileError as e:
+    raise ValueError(f'config.tasks.colorization.bins_file: {e}') from None
+  return dict(out, how='file', cache=path)
 
 
 def resolve_bins(config, *, build=True):
