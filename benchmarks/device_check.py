@@ -1,7 +1,7 @@
 r"""One device check, TensorFlow-free: engine speed, the pretext stage's cost, a short run.
 
 Prints ONE table (and writes it as JSON with --out):
-  (a) the engine's train step (shard_map, `train.make_train_step`; supervised task,
+  (a) the engine's train step (shard_map, assembled by `train.build`; supervised task,
       ResNet50 v1 k=4, bf16, 224 px, batch 256, random uint8 arrays) in images/s, beside a
       plain `jax.jit` step of the same model (SGD momentum, coupled L2 on kernels, no
       shard_map) measured in the same run: the ratio is the engine's overhead.
@@ -43,8 +43,10 @@ Overrides: --c_set KEY=VALUE (the pretext config, e.g. model.dtype=bfloat16), --
 
 Here, once (TensorFlow and the prepared TFDS cifar10 needed; ~1 minute):
   python benchmarks/device_check.py --prepare .data/device_check
-The device tool (.data/ is git-ignored, so it travels through carry):
-  run(command='set -o pipefail; PYTHONUNBUFFERED=1 python3 benchmarks/device_check.py --data .data/device_check --out $OUT/device_check.json 2>&1 | tee $OUT/device_check.log', carry=['.data/device_check'], timeout_s=540)
+On the accelerator machine (any CUDA or TPU host with JAX; no TensorFlow, TFDS or
+ml_collections needed there): copy this repository and the prepared DIR to it, then
+  python3 benchmarks/device_check.py --data .data/device_check --out device_check.json
+(about 8 minutes; the table is printed and written to --out after every part).
 CPU smoke run (toy sizes, tiny_cnn, a few seconds of training; tests run it):
   python benchmarks/device_check.py --tiny --out /tmp/device_check.json
 """
@@ -422,15 +424,22 @@ def random_batch(batch, size, classes, seed=0):
           'mask': np.ones(batch, bool)}
 
 
-def engine_pieces(config, task, mesh, image_shape, lr=0.1):
-  """(state, tx) of the engine for a benchmark: the config's optimizer at a constant lr."""
+def engine_run(config, image_shape, lr=0.1, classes=10, tx_suffix=None):
+  """The engine for a benchmark, assembled by `train.build` (the one place it is): the
+  config's optimizer at a constant learning rate `lr`, random in-memory data of
+  `image_shape` (enough images for one batch)."""
   from ssl_jax import train  # pylint: disable=g-import-not-at-top
-  model = train.make_model(config, task)
-  overrides = optim.task_overrides(task.name, task.weight_decay)
-  tx_fn = lambda p: optim.make_optimizer(config.optimizer, p, optax.constant_schedule(lr),
-                                         overrides)
-  state, tx = train.init_state(config, task, model, mesh, image_shape, tx_fn)
-  return model, state, tx
+  config = config.copy_and_resolve_references()
+  o = config.optimizer
+  o.schedule, o.warmup_epochs, o.decay_epochs = 'constant', 0.0, ()
+  o.base_lr = lr / optim.peak_learning_rate(o, config.batch_size) * o.base_lr
+  config.data.source = 'in_memory'
+  config.total_steps = max(config.total_steps, 1)
+  n = max(config.batch_size, config.eval_batch_size)
+  rng = np.random.RandomState(0)
+  arrays = {s: (rng.randint(0, 256, (n,) + tuple(image_shape), dtype=np.uint8),
+                rng.randint(0, classes, n).astype(np.int32)) for s in ('train', 'val')}
+  return train.build(config, arrays=arrays, tx_suffix=tx_suffix)
 
 
 def make_plain_step(m, classes, size, lr=0.1, momentum=0.9, weight_decay=1e-4):
@@ -488,14 +497,13 @@ def part_a(p, budget, until):
   c.model.update(name=a['model'], width=a['width'], dtype=a['dtype'], small_input=False)
   c.data.num_classes = a['classes']
   c.batch_size = a['batch']
-  task = tasks.get_task('supervised', c)
-  mesh = parallel.make_mesh()
+  c.input.pp_train = c.input.pp_eval = 'decode'
   host = random_batch(a['batch'], a['size'], a['classes'])
-  model, state, tx = engine_pieces(c, task, mesh, (a['size'], a['size'], 3))
+  run = engine_run(c, (a['size'], a['size'], 3), classes=a['classes'])
+  state = run.state
   ours_params = num_params(state['params'])
-  data = parallel.global_batch(mesh, host)
-  ours, ours_compile = compile_step(train.make_train_step(c, task, model, tx, mesh),
-                                    state, data)
+  data = parallel.global_batch(run.mesh, host)
+  ours, ours_compile = compile_step(run.train_step_for(('supervised',)), state, data)
   plain_state, plain_step = make_plain_step(a, a['classes'], a['size'])
   plain_params = num_params(plain_state[0])
   plain_data = jax.device_put({k: host[k] for k in ('image', 'label')})
@@ -537,8 +545,9 @@ def part_b(p, budget, until):
     c.model.update(name=b['model'], width=b['width'], dtype=b['dtype'], small_input=False)
     c.data.image_size = size
     c.batch_size = batch
-    task = tasks.get_task('rotation', c)
-    model, state_on, tx = engine_pieces(c, task, mesh, (size, size, 3))
+    c.input.pp_train = c.input.pp_eval = 'decode'
+    run = engine_run(c, (size, size, 3))
+    task, model, tx, state_on = run.task_set.members[0].task, run.model, run.tx, run.state
     # The same initial state for the other variant (both are donated by their step).
     state_off = jax.jit(lambda s: jax.tree.map(jnp.copy, s),
                         out_shardings=parallel.replicated(mesh))(state_on)
@@ -550,10 +559,10 @@ def part_b(p, budget, until):
         mesh, {'inputs': jax.tree.map(np.asarray, inputs), 'targets': np.asarray(targets)})
     c_off = c.copy_and_resolve_references()
     c_off.input.pretext_on_device = False
-    on, on_compile = compile_step(train.make_train_step(c, task, model, tx, mesh),
-                                  state_on, on_data)
-    off, off_compile = compile_step(train.make_train_step(c_off, task, model, tx, mesh),
-                                    state_off, off_data)
+    on, on_compile = compile_step(run.train_step_for(('rotation',)), state_on, on_data)
+    # The same engine's step with the stage left out (its host placement's inputs).
+    off, off_compile = compile_step(train.make_train_step(c_off, run.task_set, model, tx,
+                                                          mesh), state_off, off_data)
     runners = {'on': (make_runner(on, state_on, on_data), batch),
                'off': (make_runner(off, state_off, off_data), batch)}
     res = time_variants(runners, size_until, warmup=p['warmup'], chunk=p['chunk'],
@@ -609,38 +618,32 @@ def train_rotation(p, budget, arrays, overrides, train_seconds, log):
 
   Training runs for min(train_seconds, what the deadline leaves after the reserves of
   the evaluations), at least p['min_train'] seconds, counted after the step compiled.
-  Returns (rows, info, config, state, task, model, mesh, source); info holds steps,
+  Returns (rows, info, config, state, run) (run: the `train.build` Run); info holds steps,
   epochs, seconds and `nonfinite_step` (None, or the step whose loss or state was
   NaN/inf: training stops there, the engine kept the state before it).
   """
   from configs import rotation  # pylint: disable=g-import-not-at-top
-  from ssl_jax import config_lib, train  # pylint: disable=g-import-not-at-top
-  from ssl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from ssl_jax import train  # pylint: disable=g-import-not-at-top
   c = p['c']
   config = rotation.get_config(c['preset'])
   config.data.source = 'in_memory'
   set_keys(config, overrides)
-  config_lib.validate(config)
-  task = tasks.get_task(config.task, config)
-  mesh = parallel.make_mesh()
-  source = sources.ArraySource({k: arrays[k] for k in ('train', 'val')},
-                               config.input.pp_train, config.input.pp_eval, seed=config.seed)
-  num_train = source.num_examples('train')
-  model = train.make_model(config, task)
-  peak = optim.peak_learning_rate(config.optimizer, config.batch_size)
-  overrides_wd = optim.task_overrides(task.name, task.weight_decay)
-  # The engine's optimizer at its peak rate, then x f(p) set before every step.
-  tx_fn = lambda params: optax.chain(
-      optim.make_optimizer(config.optimizer, params, optax.constant_schedule(peak),
-                           overrides_wd),
-      optax.inject_hyperparams(optax.scale)(step_size=0.0))
   # The schedule's horizon in epochs (presets give num_epochs, or total_steps).
+  num_train = len(arrays['train'][1])
   steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0
                      else max(num_train // config.batch_size, 1))
   horizon = (config.total_steps / steps_per_epoch if config.total_steps > 0
              else config.num_epochs)
   factor = time_fraction_schedule(config.optimizer, horizon)
-  replicated = parallel.replicated(mesh)
+  peak = optim.peak_learning_rate(config.optimizer, config.batch_size)
+  # The engine's optimizer at its peak rate (a constant schedule), then x f(p) set
+  # before every step through an injected scale appended to it (train.build's tx_suffix).
+  run_config = config.copy_and_resolve_references()
+  run_config.optimizer.update(schedule='constant', warmup_epochs=0.0, decay_epochs=())
+  t = time.perf_counter()
+  run = train.build(run_config, arrays={k: arrays[k] for k in ('train', 'val')},
+                    tx_suffix=optax.inject_hyperparams(optax.scale)(step_size=0.0))
+  replicated = parallel.replicated(run.mesh)
 
   def with_factor(state, f):
     opt = state['opt_state']
@@ -649,15 +652,10 @@ def train_rotation(p, budget, arrays, overrides, train_seconds, log):
     return dict(state, opt_state=opt[:-1] + (
         inj._replace(hyperparams=dict(inj.hyperparams, step_size=value)),))
 
-  t = time.perf_counter()
-  state, tx = train.init_state(config, task, model, mesh, source.image_shape(train=False),
-                               tx_fn)
-  state = with_factor(state, 0.0)
-  stream = source.device_train_batches('train', config.batch_size, seed=config.seed,
-                                       start_step=0, mesh=mesh)
-  batch = next(stream)
-  step_fn, compile_s = compile_step(train.make_train_step(config, task, model, tx, mesh),
-                                    state, batch)
+  state = with_factor(run.state, 0.0)
+  stream = run.train_batches()
+  batch = next(stream)['rotation']
+  step_fn, compile_s = compile_step(run.train_step_for(('rotation',)), state, batch)
   setup_s = time.perf_counter() - t
   # Never into the reserves of what follows, but at least min_train seconds.
   budget_s = max(min(train_seconds, budget.left() - p['le_reserve'] - p['ev_reserve']),
@@ -674,7 +672,7 @@ def train_rotation(p, budget, arrays, overrides, train_seconds, log):
     state, metrics = step_fn(state, batch)
     step += 1
     pending.append(metrics)
-    batch = next(stream)
+    batch = next(stream)['rotation']
     if step % p['sync_every'] == 0:
       # Keep one group of steps queued on the device while reading the one before.
       ready, pending = pending[:-p['sync_every']], pending[-p['sync_every']:]
@@ -702,17 +700,13 @@ def train_rotation(p, budget, arrays, overrides, train_seconds, log):
               note=f'train loss {loss:.3f}; chance 25%')]
   info = dict(steps=step, epochs=epochs, train_seconds=train_s, setup_seconds=setup_s,
               nonfinite_step=nonfinite)
-  return rows, info, config, state, task, model, mesh, source
+  return rows, info, config, state, run
 
 
-def pretext_eval(config, state, task, model, mesh, source):
+def pretext_eval(run, state):
   """Held-out rotation accuracy (eval-mode pretext stage, all four rotations)."""
-  from ssl_jax import train  # pylint: disable=g-import-not-at-top
   t = time.perf_counter()
-  eval_step = train.make_eval_step(config, task, model, mesh)
-  batches = (parallel.global_batch(mesh, b)
-             for b in source.eval_batches('val', config.eval_batch_size))
-  res = train.evaluate(state, eval_step, batches)
+  res = run.evaluate(state)
   return row('c', 'held-out rotation accuracy (val split, 4 rotations)',
              100 * res['accuracy'], '%',
              note=(f"{int(res['num_examples'])} images, loss {res['loss']:.3f}, "
@@ -887,13 +881,13 @@ def run_check(args):
   if 'c' in parts:
     t = time.perf_counter()
     overrides = dict(p['c']['overrides'], **parse_sets(args.c_set))
-    rows, info_c, config, state, task, model, mesh, source = train_rotation(
+    rows, info_c, config, state, run = train_rotation(
         p, budget, arrays, overrides, p['train_seconds'], log)
     report['rows'] += rows
     report['train'] = info_c
     save()
     if budget.left() > p['le_reserve']:
-      report['rows'].append(pretext_eval(config, state, task, model, mesh, source))
+      report['rows'].append(pretext_eval(run, state))
       log(f"(c) {report['rows'][-1]['name']}: {report['rows'][-1]['value']:.2f}%")
     else:
       report['skipped']['c: held-out rotation accuracy'] = 'time share used'

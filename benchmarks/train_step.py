@@ -17,10 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
-import optax  # pylint: disable=g-import-not-at-top
 
-from ssl_jax import optim, parallel, tasks, train  # pylint: disable=g-import-not-at-top
-from ssl_jax.data import ops  # pylint: disable=g-import-not-at-top
+from ssl_jax import parallel, train  # pylint: disable=g-import-not-at-top
 
 
 def load_config(spec):
@@ -33,20 +31,26 @@ def load_config(spec):
 
 def images_per_sec(config, batch, image_size, steps, warmup=2):
   """(source images/s of `config.task`'s train step (compile excluded), trunk inputs
-  per image). The batch has the preprocessing's output shape (views included)."""
-  task = tasks.get_task(config.task, config)
-  model = train.make_model(config, task)
-  mesh = parallel.make_mesh()
-  tx_fn = lambda p: optim.make_optimizer(config.optimizer, p, optax.constant_schedule(0.01))
-  shape = tuple(ops.output_shape(config.input.pp_train, (image_size, image_size, 3),
-                                 train=True))
-  state, tx = train.init_state(config, task, model, mesh, shape, tx_fn)
-  step = train.make_train_step(config, task, model, tx, mesh)
+  per image). The engine is `train.build`'s (random in-memory images of the batch's
+  shape); the batch has the preprocessing's output shape (views included)."""
+  config = config.copy_and_resolve_references()
+  config.batch_size = config.eval_batch_size = batch
+  config.data.image_size = image_size
+  config.data.source = 'in_memory'
+  config.total_steps = max(config.total_steps, 1)
   rng = np.random.RandomState(0)
+  arrays = {s: (rng.randint(0, 256, (batch, image_size, image_size, 3)).astype(np.uint8),
+                rng.randint(0, config.data.num_classes, batch).astype(np.int32))
+            for s in ('train', 'val')}
+  run = train.build(config, arrays=arrays)
+  (name,) = run.task_set.names
+  shape = run.sources[name].image_shape(train=True)
+  step = run.train_step_for((name,))
   host = {'image': rng.randint(0, 256, (batch,) + shape).astype(np.uint8),
           'label': rng.randint(0, config.data.num_classes, batch).astype(np.int32),
           'mask': np.ones(batch, bool)}
-  data = parallel.global_batch(mesh, host)
+  data = parallel.global_batch(run.mesh, host)
+  state = run.state
   for _ in range(warmup):
     state, metrics = step(state, data)
   jax.block_until_ready(metrics)
@@ -54,9 +58,7 @@ def images_per_sec(config, batch, image_size, steps, warmup=2):
   for _ in range(steps):
     state, metrics = step(state, data)
   jax.block_until_ready(metrics)
-  per_image = jax.eval_shape(lambda: task.pretext(
-      jax.random.key(0), train.dummy_batch(shape, 1), train=True)[0]['image']).shape[1]
-  return batch * steps / (time.perf_counter() - t), per_image
+  return batch * steps / (time.perf_counter() - t), run.trunk_inputs[name]
 
 
 def main():

@@ -54,6 +54,7 @@ def get_config():
       small_input=False, last_relu=True,
       cross_device_bn=False,    # False = the study's per-device (per TPU core) BN statistics
       output_stride=0,          # 0: the model's own; 8 / 16: dilated last stages (dense heads)
+      unit_endpoints=(),        # stage names, e.g. ('block3',): <stage>/unit<j> endpoints (lasso)
   ))
   c.data = data_config('cifar10')
 
@@ -73,6 +74,10 @@ def get_config():
   c.num_epochs = 35.0
   c.total_steps = -1             # > 0 overrides num_epochs
   c.steps_per_epoch = -1         # > 0 overrides the count derived from the split size
+  # 'per_epoch': steps/epoch = train examples // batch, total = ceil(epochs * that);
+  # 'simclr': SimCLR's reference counts (total = examples * epochs // batch + 1, warm-up
+  # floor(warmup_epochs * examples / batch); train.step_counts, optim.simclr_step_counts).
+  c.step_rounding = 'per_epoch'
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name='momentum',           # momentum SGD as the study; 'adam', 'lars' also allowed

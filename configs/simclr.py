@@ -12,15 +12,15 @@ Presets:
   cifar10       the SimCLR README's CIFAR-10 recipe on ResNet50 k=4 with the small-input
                 stem (3x3 stride-1 root, no max-pool): batch 512, temperature 0.5, LARS
                 lr 1.0 x batch/256, weight decay 1e-4, colour strength 0.5, no blur;
-                1000 epochs, 10 warm-up, cosine. Step counts: the engine's default
-                (step_rounding 'per_epoch') gives 45,000 // 512 = 87 steps an epoch,
-                87,000 steps, 870 warm-up. The reference counts steps from the images:
-                total = num_examples * epochs // batch + 1, warm-up = int(round(
-                warmup_epochs * num_examples // batch)), i.e. floored (TF1 model_util,
-                TF2 model.py of google-research/simclr): 87,891 / 878 on our 45,000
-                training images (97,657 / 976 on the reference's 50,000: it trains on
-                the whole train split and reports on test; we hold 5,000 out for val).
-                `optim.simclr_step_counts` computes them.
+                1000 epochs, 10 warm-up, cosine. Step counts are the reference's
+                (step_rounding='simclr', in every epoch-based preset here): total =
+                num_examples * epochs // batch + 1, warm-up = int(round(warmup_epochs *
+                num_examples // batch)), i.e. floored (TF1 model_util, TF2 model.py of
+                google-research/simclr): 87,891 / 878 on our 45,000 training images
+                (97,657 / 976 on the reference's 50,000: it trains on the whole train
+                split and reports on test; we hold 5,000 out for val). The engine's
+                default counting (step_rounding='per_epoch': 45,000 // 512 = 87 steps an
+                epoch) would give 87,000 / 870. `optim.simclr_step_counts` computes them.
   cifar10_cpu   a short real run on a CPU: ResNet50 v1 k=1 with the ImageNet stem (~7x
                 faster than the small-input stem on a CPU), batch 128 (256 views), 1,500
                 steps, Adam 1e-3 (not LARS), projection 256 -> 128, temperature 0.5.
@@ -79,6 +79,7 @@ def get_config(preset='cifar10'):
   o = c.optimizer
   o.name, o.schedule, o.lr_scaling = 'lars', 'cosine', 'linear'
   o.decay_epochs = ()
+  c.step_rounding = 'simclr'          # the reference's step counts (epoch-based presets)
   if preset == 'imagenet':
     c.model.width = 4
     c.batch_size = 4096
@@ -90,8 +91,8 @@ def get_config(preset='cifar10'):
     c.input.pp_eval = c.input.pp_train
   elif preset == 'cifar10':
     c.batch_size = 512
-    # 1000 epochs of 45,000 images: 87,000 steps / 870 warm-up under the engine's
-    # per-epoch counting; SimCLR's formulas give 87,891 / 878 (see the docstring).
+    # 1000 epochs of 45,000 images: SimCLR's formulas give 87,891 steps / 878 warm-up
+    # (step_rounding='simclr'; the engine's per-epoch counting would give 87,000 / 870).
     c.num_epochs = 1000.0
     o.base_lr, o.weight_decay, o.warmup_epochs = 1.0, 1e-4, 10.0
     c.input.pp_train = simclr_pp(32, 0.5)

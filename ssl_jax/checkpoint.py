@@ -36,10 +36,13 @@ class LayoutError(ValueError):
   """A workdir written with another checkpoint layout."""
 
 
-def meta(config, step):
-  """The JSON saved beside every state."""
-  return {'task': config.task, 'step': int(step), 'model': config.model.to_dict(),
-          'layout': LAYOUT}
+def meta(config, step, members=None):
+  """The JSON saved beside every state (a set of several tasks: its member names too)."""
+  out = {'task': config.task, 'step': int(step), 'model': config.model.to_dict(),
+         'layout': LAYOUT}
+  if members:
+    out['members'] = list(members)
+  return out
 
 
 _HANDLER_REGISTERED = []
@@ -220,14 +223,16 @@ def _flat(d, prefix=''):
   return out
 
 
-def structural_differences(saved, config):
+def structural_differences(saved, config, task_sections=None):
   """[(key, saved value, new value)] of the STRUCTURAL keys that differ.
 
-  For `tasks`, only the section of the trained task counts.
+  For `tasks`, only the sections of the trained tasks count: config.task's and
+  `task_sections` (a task set's member tasks).
   """
   a = _flat(saved.to_dict() if hasattr(saved, 'to_dict') else dict(saved))
   b = _flat(json.loads(config.to_json_best_effort()))
-  prefixes = [p for p in STRUCTURAL if p != 'tasks'] + [f'tasks.{config.task}']
+  sections = [config.task] + [t for t in (task_sections or ()) if t != config.task]
+  prefixes = [p for p in STRUCTURAL if p != 'tasks'] + [f'tasks.{t}' for t in sections]
   keys = sorted(k for k in set(a) | set(b)
                 if any(k == p or k.startswith(p + '.') for p in prefixes)
                 and k not in MAY_CHANGE)
@@ -240,16 +245,24 @@ def structural_differences(saved, config):
   return diffs
 
 
-def check_resume(workdir, config):
+def check_resume(workdir, config, task_set=None):
   """ValueError naming the keys if `workdir` holds another run (before anything is written).
 
   A workdir with config.json and at least one checkpoint is resumed; its structural
-  keys (task, model, the task's settings, optimizer name, image size) must match.
+  keys (task, model, the settings of the task or of every member task of a task set
+  (members, their weights, rates and streams included), optimizer name, image size)
+  must match.
   """
   path = os.path.join(workdir, 'config.json')
   if not (os.path.exists(path) and saved_steps(workdir)):
     return
-  diffs = structural_differences(read_config(workdir), config)
+  sections = [m.task.name for m in task_set.members] if task_set is not None else None
+  saved = read_config(workdir)
+  if sections and 'tasks' in saved:  # the saved run's member tasks count too
+    saved_members = saved.tasks.get(config.task, {}).get('members', {})
+    sections += [v.get('task', k) for k, v in saved_members.items()
+                 if hasattr(v, 'get')]
+  diffs = structural_differences(saved, config, sections)
   if diffs:
     shown = '; '.join(f'{k}: {a!r} -> {b!r}' for k, a, b in diffs[:6])
     more = f' (and {len(diffs) - 6} more)' if len(diffs) > 6 else ''

@@ -7,6 +7,7 @@ import contextlib
 JOBS = ('pretext', 'linear_eval')
 SOURCES = ('tfds', 'in_memory', 'synthetic')
 DTYPES = ('float32', 'bfloat16')
+STEP_ROUNDINGS = ('per_epoch', 'simclr')
 
 
 class ConfigError(ValueError):
@@ -23,8 +24,7 @@ def startup_errors():
   except ConfigError:
     raise
   except (ValueError, OSError, KeyError) as e:
-    message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    raise ConfigError(message.strip()) from e
+    raise ConfigError(_message(e)) from e
 
 
 def _allowed(key, value, allowed):
@@ -80,15 +80,22 @@ PRETEXT_SIZES = {
 
 
 def validate(config, num_devices=None):
-  """Raises ConfigError for an unknown job/task/model/source or an impossible value.
+  """Checks a job config once, before anything compiles; returns the pretext task set.
+
+  Raises ConfigError for an unknown job/task/model/source or an impossible value, in
+  the job's keys and in every member's (preprocessing strings, views, batch sizes,
+  the task's own checks).
 
   Args:
     config: the job's ConfigDict.
     num_devices: global device count for batch divisibility (default: jax's).
+  Returns:
+    the `tasks.TaskSet` of config.task (built here, once; build() reuses it), or None
+    for a linear-evaluation config (it validates its own).
   """
   _allowed('job', config.get('job', 'pretext'), JOBS)
   if config.get('job', 'pretext') != 'pretext':
-    return  # linear_eval validates its own config.
+    return None  # linear_eval validates its own config.
   # Registries are imported here so a typo is caught before the models are built.
   from ssl_jax import models, tasks  # pylint: disable=g-import-not-at-top
   _allowed('task', config.task, tasks.names())
@@ -101,6 +108,10 @@ def validate(config, num_devices=None):
   if not m.last_relu and m.name == 'resnet50_v1':
     raise ConfigError('config.model.last_relu=False is not allowed for resnet50_v1 '
                       '(the "(-)" variant exists for resnet50_v2 and revnet50 only)')
+  try:  # every model option the family cannot take (no trace: the module is only built)
+    models.create_trunk(m.to_dict())
+  except ValueError as e:
+    raise ConfigError(f'config.model: {e}') from None
   _allowed('data.source', config.data.source, SOURCES)
   if not config.input.pretext_on_device and config.data.source != 'tfds':
     raise ConfigError(
@@ -111,45 +122,67 @@ def validate(config, num_devices=None):
   if num_devices is None:
     import jax  # pylint: disable=g-import-not-at-top
     num_devices = jax.device_count()
-  for key in ('batch_size', 'eval_batch_size'):
-    if config[key] % num_devices:
-      raise ConfigError(
-          f'config.{key}={config[key]} is not divisible by the {num_devices} '
-          f'devices; allowed: a multiple of {num_devices}')
   if config.total_steps == -1:  # (total_steps and every other size: check_sizes above)
     _positive('num_epochs', config.num_epochs)
-  o = config.optimizer
+  _allowed('step_rounding', config.get('step_rounding', 'per_epoch'), STEP_ROUNDINGS)
   from ssl_jax import optim  # pylint: disable=g-import-not-at-top
-  _allowed('optimizer.name', o.name, optim.NAMES)
-  _allowed('optimizer.schedule', o.schedule, optim.SCHEDULES)
-  _allowed('optimizer.lr_scaling', o.lr_scaling, optim.SCALINGS)
-  _positive('optimizer.base_lr', o.base_lr)
-  if o.weight_decay < 0:
-    raise ConfigError(f'config.optimizer.weight_decay={o.weight_decay} must be >= 0')
-  if o.warmup_epochs < 0:
-    raise ConfigError(f'config.optimizer.warmup_epochs={o.warmup_epochs} must be >= 0')
-  if list(o.decay_epochs) != sorted(o.decay_epochs):
-    raise ConfigError(f'config.optimizer.decay_epochs={tuple(o.decay_epochs)} must be increasing')
+  with startup_errors():  # every optimizer value that makes training meaningless
+    optim.validate(config.optimizer)
   if config.run_linear_eval and not config.linear_eval_preset:
     raise ConfigError('config.run_linear_eval=True needs config.linear_eval_preset '
                       "(a preset of configs/linear_eval.py, e.g. 'cifar10')")
-  _validate_preprocessing(config)
   try:
-    task = tasks.get_task(config.task, config)
-    task.validate(config)
+    task_set = tasks.get_task_set(config)
   except ConfigError:
     raise
   except (ValueError, KeyError, AttributeError) as e:
-    raise ConfigError(str(e).strip('"\'')) from None
+    raise ConfigError(_message(e)) from None
+  for member in task_set.members:
+    _validate_member(member, num_devices, task_set.single)
+  return task_set
+
+
+def _message(e):
+  """The text of an exception raised by task code, as the one line the user sees
+  (a KeyError's str() adds quotes; every other message is kept whole)."""
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  return text.strip()
+
+
+def _validate_member(member, num_devices, single):
+  """The member's stream (batch sizes, preprocessing, views) and the task's own checks."""
+  c = member.config
+  where = '' if single else f' (member {member.name!r})'
+  if not single and ('/' in member.name or not member.name):
+    raise ConfigError(f'member name {member.name!r} must be non-empty and contain no "/"')
+  for key in ('batch_size', 'eval_batch_size'):
+    value = c[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ConfigError(f'config.{key}={value!r}{where} must be an integer >= 1')
+    if value % num_devices:
+      raise ConfigError(
+          f'config.{key}={value}{where} is not divisible by the {num_devices} '
+          f'devices; allowed: a multiple of {num_devices}')
+  try:
+    _validate_preprocessing(c)
+  except ConfigError as e:
+    raise ConfigError(f'{e}{where}') from None
+  task = member.task
+  try:
+    task.validate(c)
+  except ConfigError:
+    raise
+  except (ValueError, KeyError, AttributeError) as e:
+    raise ConfigError(_message(e)) from None
   from ssl_jax.data import ops  # pylint: disable=g-import-not-at-top
   for key in ('pp_train', 'pp_eval'):
-    views = ops.num_views(config.input[key])
+    views = ops.num_views(c.input[key])
     if views != task.num_views:
       raise ConfigError(
-          f'config.input.{key}={config.input[key]!r} makes {views} view(s) per image; task '
-          f'{task.name!r} needs {task.num_views} (write `views({task.num_views})` in the '
-          'preprocessing string)' if task.num_views > 1 else
-          f'config.input.{key}={config.input[key]!r} makes {views} views per image; task '
+          f'config.input.{key}={c.input[key]!r}{where} makes {views} view(s) per image; '
+          f'task {task.name!r} needs {task.num_views} (write `views({task.num_views})` in '
+          'the preprocessing string)' if task.num_views > 1 else
+          f'config.input.{key}={c.input[key]!r}{where} makes {views} views per image; task '
           f'{task.name!r} takes one image (remove the views op)')
 
 
@@ -160,9 +193,15 @@ def _validate_preprocessing(config):
   shapes = {}
   for key, train in (('pp_train', True), ('pp_eval', False)):
     spec = config.input[key]
+    # Host-only ops (jpeg): tf.data runs them per example; the in-memory source runs
+    # a leading run of them once on the stored training images (never at evaluation).
+    host = config.data.source == 'tfds' or (train and config.data.source == 'in_memory')
     try:
-      ops.check_spec(spec, train=train)
-      shapes[key] = tuple(ops.output_shape(spec or 'decode', (size, size, 3), train=train))
+      if host and config.data.source == 'in_memory':
+        ops.split_host_ops(spec)
+      ops.check_spec(spec, train=train, host=host)
+      shapes[key] = tuple(ops.output_shape(spec or 'decode', (size, size, 3), train=train,
+                                           host=host))
     except ValueError as e:
       raise ConfigError(f'config.input.{key}={spec!r}: {e}') from None
   if shapes['pp_train'] != shapes['pp_eval']:
@@ -188,19 +227,27 @@ def _trunk_builds(name, size, channels, model_config):
   return all(all(d > 0 for d in e.shape) for e in eps.values())
 
 
-def check_model_input(config, task):
+def check_model_input(config, task, input_mode='rgb'):
   """ConfigError when the trunk cannot take the task's inputs, naming the smallest size.
 
   The trunk input comes from the preprocessing string's output (data.image_size
-  images) through the task's pretext stage (e.g. 12-px patches of a 48-px crop).
+  images) through the member's input mode and the task's pretext stage (e.g. 12-px
+  patches of a 48-px crop).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from ssl_jax import train  # pylint: disable=g-import-not-at-top
   from ssl_jax.data import ops  # pylint: disable=g-import-not-at-top
+  from ssl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from ssl_jax.tasks import common  # pylint: disable=g-import-not-at-top
   size = config.data.image_size
-  shape = ops.output_shape(config.input.pp_train or 'decode', (size, size, 3), train=True)
-  x = jax.eval_shape(lambda: task.pretext(jax.random.key(0), train.dummy_batch(shape, 1),
-                                          train=True)[0]['image'])
+  shape = ops.output_shape(config.input.pp_train or 'decode', (size, size, 3), train=True,
+                           host=config.data.source != 'synthetic')
+
+  def trunk_input():
+    batch = sources.dummy_batch(shape, 1)
+    batch = dict(batch, image=common.apply_input_mode(batch['image'], input_mode))
+    return task.pretext(jax.random.key(0), batch, train=True)[0]['image']
+
+  x = jax.eval_shape(trunk_input)
   h, w, c = x.shape[-3:]
   m = config.model
   if _trunk_builds(m.name, min(h, w), c, m.to_dict()):
@@ -214,5 +261,5 @@ def check_model_input(config, task):
     lo, hi = (lo, mid) if _trunk_builds(m.name, mid, c, m.to_dict()) else (mid, hi)
   raise ConfigError(
       f'config.model.name={m.name!r} cannot take the {h}x{w} trunk inputs of task '
-      f'{config.task!r} (config.input.pp_train={config.input.pp_train!r} on '
+      f'{task.name!r} (config.input.pp_train={config.input.pp_train!r} on '
       f'{size}-px images): the smallest input size it takes is {hi}x{hi}')

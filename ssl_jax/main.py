@@ -5,8 +5,12 @@ r"""Entry point: pretext training (then optionally linear evaluation), or linear
       --config.pretrained=/tmp/rot --workdir /tmp/rot_eval
 
 Any config value can be overridden: `--config.model.width=8`. Running the same
-command on an existing workdir resumes from its latest checkpoint.
+command on an existing workdir resumes from its latest checkpoint. A pretext job whose
+config runs the linear evaluation last (config.run_linear_eval) takes overrides of that
+evaluation's config (configs/linear_eval.py, preset config.linear_eval_preset) as
+`--config.linear_eval.<key>=VALUE`, e.g. `--config.linear_eval.eval.max_train_examples=2000`.
 """
+import ast
 import difflib
 import importlib.util
 import logging as logging_lib
@@ -23,13 +27,65 @@ config_flags.DEFINE_config_file('config', None, 'Config file, with an optional :
 flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
+LINEAR_EVAL_PREFIX = '--config.linear_eval.'
+# `--config.linear_eval.KEY=VALUE` arguments, taken out of argv before absl parses it.
+_LINEAR_EVAL_OVERRIDES = []
 
-def linear_eval_config(preset, pretrained):
-  """The configs/linear_eval.py preset used as the last phase of a pretext job."""
+
+def _parse_value(text, current):
+  """An override's value with the type of the key's current value."""
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if isinstance(current, bool):
+    if isinstance(value, str) and value.lower() in ('true', 'false'):
+      return value.lower() == 'true'
+    return bool(value)
+  if isinstance(current, float) and isinstance(value, int):
+    return float(value)
+  if isinstance(current, (tuple, list)) and not isinstance(value, (tuple, list)):
+    return (value,)
+  return value
+
+
+def apply_overrides(config, overrides, where='config'):
+  """Applies ['a.b=VALUE', ...] to a ConfigDict (ValueError naming an unknown key)."""
+  for item in overrides:
+    key, _, text = item.partition('=')
+    node, parts = config, key.split('.')
+    for i, part in enumerate(parts):
+      keys = list(node.keys()) if hasattr(node, 'keys') else []
+      if part not in keys:
+        walked = '.'.join([where] + parts[:i])
+        close = difflib.get_close_matches(part, keys, n=3, cutoff=0.5)
+        hint = (f"closest: {', '.join(f'{walked}.{c}' for c in close)}" if close else
+                f"{walked} has: {', '.join(sorted(keys)) or 'no keys (not a section)'}")
+        raise ValueError(f'--{where}.{key}: {walked} has no key {part!r}; {hint}')
+      if i < len(parts) - 1:
+        node = node[part]
+    with config.unlocked() if hasattr(config, 'unlocked') else _null():
+      node[parts[-1]] = _parse_value(text, node[parts[-1]])
+  return config
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *args):
+    return False
+
+
+def linear_eval_config(preset, pretrained, overrides=()):
+  """The configs/linear_eval.py preset used as the last phase of a pretext job, with
+  the command line's `--config.linear_eval.*` overrides."""
   from configs import linear_eval  # pylint: disable=g-import-not-at-top
   c = linear_eval.get_config(preset)
   c.pretrained = pretrained
-  return c
+  return apply_overrides(c, overrides, where='config.linear_eval')
 
 
 def _load_config_file(spec):
@@ -52,6 +108,8 @@ def config_argument_error(argv):
   spec, overrides = None, []
   args = list(argv[1:])
   for i, arg in enumerate(args):
+    if arg.startswith(LINEAR_EVAL_PREFIX):
+      continue
     if arg.startswith('--config='):
       spec = arg.split('=', 1)[1]
     elif arg == '--config' and i + 1 < len(args):
@@ -76,6 +134,15 @@ def config_argument_error(argv):
         return f'--config.{key}: {where} has no key {part!r}; {hint}'
       node = node[part]
       walked.append(part)
+  le = [a[len(LINEAR_EVAL_PREFIX):] for a in args if a.startswith(LINEAR_EVAL_PREFIX)]
+  if le:
+    if not config.get('linear_eval_preset'):
+      return (f'--config.linear_eval.*: the config {spec} runs no linear evaluation '
+              '(config.linear_eval_preset is empty)')
+    try:
+      linear_eval_config(config.linear_eval_preset, '', le)
+    except ValueError as e:
+      return str(e)
   return None
 
 
@@ -99,6 +166,10 @@ class _QuietLibraries(logging_lib.Filter):
 def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  # Generous CPU collective timeouts (never the device count): a loaded CPU running
+  # several simulated devices must not abort inside an all-reduce.
+  from ssl_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  os.environ['XLA_FLAGS'] = xla_flags.cpu_xla_flags(os.environ.get('XLA_FLAGS'))
   logging.get_absl_handler().addFilter(_QuietLibraries())
   from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = flags.FLAGS.config
@@ -125,17 +196,16 @@ def _run_job(config, workdir):
     from ssl_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
     linear_eval.run(config, workdir)
     return 0
-  from ssl_jax import parallel  # pylint: disable=g-import-not-at-top
   from ssl_jax import train  # pylint: disable=g-import-not-at-top
-  parallel.maybe_initialize_distributed(config)
-  with config_lib.startup_errors():
-    config_lib.validate(config)
-    if config.run_linear_eval:
+  if config.run_linear_eval:
+    with config_lib.startup_errors():
       # Built now so a bad preset fails before hours of pretext training.
-      le_config = linear_eval_config(config.linear_eval_preset, workdir)
+      le_config = linear_eval_config(config.linear_eval_preset, workdir,
+                                     _LINEAR_EVAL_OVERRIDES)
       from ssl_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
       linear_eval.validate(le_config)
-  out = train.train_and_evaluate(config, workdir)
+  run = train.build(config, workdir)  # validates the config, once
+  out = train.train_loop(run)
   if out.get('preempted'):
     return 128 + 15
   if config.run_linear_eval:
@@ -150,7 +220,10 @@ def run():
   if error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(2)
-  app.run(main)
+  _LINEAR_EVAL_OVERRIDES[:] = [a[len(LINEAR_EVAL_PREFIX):] for a in sys.argv[1:]
+                               if a.startswith(LINEAR_EVAL_PREFIX)]
+  argv = [a for a in sys.argv if not a.startswith(LINEAR_EVAL_PREFIX)]
+  app.run(main, argv=argv)
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ from ssl_jax import config_lib
 from ssl_jax import tasks
 from ssl_jax import train
 from ssl_jax.data import ops
+from ssl_jax.tasks import common
 
 TASKS = tasks.names()
 
@@ -52,9 +53,22 @@ def test_every_task_has_a_config_with_a_smoke_preset():
 def test_pretext_head_and_loss(name):
   c = smoke_config(name)
   c.model.cross_device_bn = False  # Outside a mesh here (the 8-device test covers it).
-  task = tasks.get_task(name, c)
+  built = tasks.get_task(name, c)
+  task_set = tasks.as_task_set(built, c)
+  assert isinstance(built, (tasks.Task, tasks.TaskSet))
+  assert task_set.eval_input is not None
+  # A builder of several tasks (multitask): every member fulfils the contract on the
+  # shared trunk, with its own stream (its config) and its params['heads'][member].
+  model = train.make_model(c, task_set)
+  for member in task_set.members:
+    _check_member(member, model, set(task_set.names))
+  if isinstance(built, tasks.TaskSet):
+    _check_eval_input(task_set.eval_input, c)
+
+
+def _check_member(member, model, head_names):
+  c, task, name = member.config, member.task, member.name
   size = c.data.image_size
-  model = train.make_model(c, task)
   rng = np.random.RandomState(0)
   raw = rng.randint(0, 256, (4, size, size, 3)).astype(np.uint8)
   shapes = {}
@@ -66,6 +80,7 @@ def test_pretext_head_and_loss(name):
     want = ops.output_shape(spec, (size, size, 3), train=is_train)
     assert batch['image'].shape == (4,) + tuple(want) and batch['image'].dtype == jnp.uint8
     assert len(want) == (4 if task.num_views > 1 else 3)
+    batch['image'] = common.apply_input_mode(batch['image'], member.input_mode)
     inputs, targets = jax.jit(functools.partial(task.pretext, train=is_train))(
         jax.random.key(2), batch)
     x = inputs['image']
@@ -75,10 +90,10 @@ def test_pretext_head_and_loss(name):
     variables = model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)},
                            {name: inputs}, train=False)
     assert set(variables['params']) == {'trunk', 'heads'}
-    assert set(variables['params']['heads']) == {name}
+    assert set(variables['params']['heads']) == {name} and name in head_names
     assert 'logits' not in variables['params']['trunk']
     (outputs, endpoints), _ = model.apply(variables, {name: inputs}, train=True,
-                                          mutable=['batch_stats'],
+                                          mutable=['batch_stats', 'losses', 'metrics'],
                                           rngs={'dropout': jax.random.key(3)})
     assert endpoints[name]['pre_logits'].shape[0] == 4 * x.shape[1]
     loss, per_example = task.loss(outputs[name], targets, None)
@@ -92,7 +107,12 @@ def test_pretext_head_and_loss(name):
       np.testing.assert_allclose(np.mean(per_example['loss']), loss, rtol=1e-4, atol=1e-6)
   assert shapes[True] == shapes[False]
   # The evaluation input the task asks the linear evaluation for.
-  ev = task.eval_input
+  _check_eval_input(task.eval_input, c)
+
+
+def _check_eval_input(ev, c):
+  size = c.data.image_size
+  rng = np.random.RandomState(0)
   h = w = size
   if ev.pp:
     h, w = ops.output_shape(ev.pp, (size, size, 3), train=False)[:2]
@@ -110,9 +130,16 @@ def test_one_step_on_8_devices_then_linear_evaluation(name, tmp_path):
   c.max_eval_batches = 1
   out = train.train_and_evaluate(c, str(tmp_path / 'pretext'))
   assert out['step'] == 2 and np.isfinite(out['train_history'][-1]['train_loss'])
-  assert np.isfinite(out['val']['loss']) and out['val']['num_examples'] == 16
+  # A set of several reports each member's numbers as `<member>/<key>`.
+  names = tasks.get_task_set(c).names
+  prefixes = [''] if len(names) == 1 else [f'{n}/' for n in names]
+  for p in prefixes:
+    assert np.isfinite(out['val'][p + 'loss']) and out['val'][p + 'num_examples'] == 16
+    assert np.isfinite(out['train_history'][-1][p + 'train_loss'])
   meta = json.load(open(tmp_path / 'pretext' / 'checkpoints' / '2' / 'meta' / 'metadata'))
   assert meta['layout'] == checkpoint.LAYOUT and meta['task'] == name
+  task_set = tasks.get_task_set(c)
+  assert meta.get('members') == (None if task_set.single else list(task_set.names))
 
   le = le_configs.get_config('smoke')
   le.pretrained = str(tmp_path / 'pretext')
@@ -124,7 +151,7 @@ def test_one_step_on_8_devices_then_linear_evaluation(name, tmp_path):
             for s, n in (('train', 32), ('val', 16), ('test', 17))}
   res = linear_eval.run(le, str(tmp_path / 'eval'), arrays=arrays)
   assert res['pretext_task'] == name
-  assert res['trunk_input'] == tasks.get_task(name, c).eval_input.kind
+  assert res['trunk_input'] == tasks.get_task_set(c).eval_input.kind
   assert set(res['linear']) == {'after_root', 'block1', 'block2', 'pre_logits'}
   for row in res['linear'].values():
     assert row['count'] == 17 and 0.0 <= row['top1'] <= 1.0

@@ -15,6 +15,12 @@ from ssl_jax import parallel
 from ssl_jax.data import ops
 
 
+def upload(mesh, images, labels):
+  """(images, labels) replicated on every device of the mesh (one copy per device)."""
+  return (parallel.replicate(mesh, images),
+          parallel.replicate(mesh, np.asarray(labels, np.int32)))
+
+
 class InMemoryTrain:
   """Training batches from arrays on device.
 
@@ -25,11 +31,12 @@ class InMemoryTrain:
     batch_size: global batch (source images).
     seed: shuffling/augmentation seed.
     pp: the training preprocessing string (e.g. 'decode|inception_crop(32)|flip_lr').
+    device_arrays: `upload(mesh, images, labels)` made earlier (shared by streams).
   Raises:
     ValueError for a batch larger than the split or bad arrays.
   """
 
-  def __init__(self, mesh, images, labels, batch_size, seed, pp=''):
+  def __init__(self, mesh, images, labels, batch_size, seed, pp='', device_arrays=None):
     if images.dtype != np.uint8 or images.ndim != 4:
       raise ValueError(f'in-memory images must be uint8 [N,H,W,C], got {images.dtype} '
                        f'{images.shape}')
@@ -38,8 +45,7 @@ class InMemoryTrain:
       raise ValueError(f'batch_size={batch_size} exceeds the {self.num_examples} in-memory '
                        'examples')
     self.steps_per_epoch = self.num_examples // batch_size
-    self._images = parallel.replicate(mesh, images)
-    self._labels = parallel.replicate(mesh, np.asarray(labels, np.int32))
+    self._images, self._labels = device_arrays or upload(mesh, images, labels)
     self._key = parallel.replicate(mesh, jax.random.key_data(jax.random.key(seed)))
     self._step_sharding = parallel.replicated(mesh)
     self._fn = jax.jit(

@@ -38,6 +38,12 @@ SPLITS = ('train', 'val', 'test')
 SOURCES = ('tfds', 'in_memory', 'synthetic')
 
 
+def dummy_batch(image_shape, n=2):
+  """A zero uint8 batch of n examples of `image_shape` ((V,) H, W, C): image, label, mask."""
+  return {'image': jnp.zeros((n,) + tuple(image_shape), jnp.uint8),
+          'label': jnp.zeros((n,), jnp.int32), 'mask': jnp.ones((n,), bool)}
+
+
 def host_share(n, process_index, process_count):
   """[start, stop) of this host's contiguous share of n examples (sizes differ by <= 1)."""
   base, extra = divmod(n, process_count)
@@ -69,10 +75,12 @@ class ArraySource:
     arrays: {split: (u8[N, H, W, C], int[N])}.
     pp_train, pp_eval: preprocessing strings ('' = none: the stored images as they are).
     seed: seed of the evaluation preprocessing's random ops (e.g. to_gray(0.66)).
+    device_cache: a dict shared by sources over the same arrays (a task set's members):
+      the training split is uploaded to the devices once for all of them.
   """
   name = 'arrays'
 
-  def __init__(self, arrays, pp_train='', pp_eval='', seed=0):
+  def __init__(self, arrays, pp_train='', pp_eval='', seed=0, device_cache=None):
     self._raw = {}
     for k, (images, labels) in arrays.items():
       images = np.asarray(images)
@@ -81,16 +89,29 @@ class ArraySource:
                          f'{images.dtype} {images.shape}')
       self._raw[k] = (images, np.asarray(labels, np.int32))
     self.pp = {True: pp_train or '', False: pp_eval or ''}
-    for train in (True, False):
-      ops.check_spec(self.pp[train], train=train)
+    # Host-only ops (jpeg: JAX has no codec) at the head of the training string run
+    # once on the stored training images (a corrupted copy); evaluation stays clean.
+    self._host_pp, self.pp[True] = ops.split_host_ops(self.pp[True])
+    self._corrupted = {}
+    ops.check_spec(self.pp[True], train=True)
+    ops.check_spec(self.pp[False], train=False)
     self._seed = seed
     self._fns = {}
-    self._device = {}
+    self._device = {} if device_cache is None else device_cache
 
   def _split(self, split):
     if split not in self._raw:
       raise ValueError(f'split {split!r} is not among the in-memory splits {sorted(self._raw)}')
     return self._raw[split]
+
+  def _train_split(self, split):
+    """The split as training reads it: with the host-only ops applied once."""
+    images, labels = self._split(split)
+    if not self._host_pp:
+      return images, labels
+    if split not in self._corrupted:
+      self._corrupted[split] = ops.apply_host_ops(images, self._host_pp)
+    return self._corrupted[split], labels
 
   def num_examples(self, split):
     return int(self._split(split)[1].shape[0])
@@ -101,7 +122,10 @@ class ArraySource:
 
   def image_shape(self, train=False):
     images = next(iter(self._raw.values()))[0]
-    return tuple(ops.output_shape(self.pp[train], images.shape[1:], train=train))
+    shape = images.shape[1:]
+    if train and self._host_pp:
+      shape = ops.output_shape(self._host_pp, shape, train=True, host=True)
+    return tuple(ops.output_shape(self.pp[train], shape, train=train))
 
   def _fn(self, train):
     if train not in self._fns:
@@ -129,7 +153,7 @@ class ArraySource:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
   def train_batches(self, split, batch_size, *, seed=0, start_step=0):
-    images, labels = self._split(split)
+    images, labels = self._train_split(split)
     n = len(labels)
     if batch_size > n:
       raise ValueError(f'batch_size={batch_size} exceeds the {n} {split} examples')
@@ -155,9 +179,13 @@ class ArraySource:
       raise ValueError('the host placement of the pretext stage needs the tfds source: '
                        'in-memory batches are made on the device')
     from ssl_jax.data import inmemory  # pylint: disable=g-import-not-at-top
-    images, labels = self._split(split)
-    # Built now (uploads the split), not lazily inside the guarded train loop.
-    stream = inmemory.InMemoryTrain(mesh, images, labels, batch_size, seed, self.pp[True])
+    images, labels = self._train_split(split)
+    key = (split, id(images), id(mesh))
+    if key not in self._device:  # Uploaded now, not lazily inside the guarded train loop.
+      self._device[key] = (images, inmemory.upload(mesh, images, labels))
+    # (the host array is kept with its device copy: its id stays unique while cached)
+    stream = inmemory.InMemoryTrain(mesh, images, labels, batch_size, seed, self.pp[True],
+                                    device_arrays=self._device[key][1])
     return map(stream.batch, itertools.count(start_step))
 
 
@@ -194,7 +222,7 @@ class TfdsSource:
     c = self._config
     size = c.data.image_size
     return tuple(ops.output_shape(c.input.pp_train if train else c.input.pp_eval,
-                                  (size, size, 3), train=train))
+                                  (size, size, 3), train=train, host=True))
 
   def eval_batches(self, split, batch_size):
     for b in self._ip.get_dataset(self._config, split, train=False, batch_size=batch_size):

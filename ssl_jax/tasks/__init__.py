@@ -32,6 +32,12 @@ trunk is shared and knows nothing of tasks; a task owns:
                  params['heads'][name][submodule] (the study's patch head: 5e-4).
   validate       `validate(config)`: start-up checks, ValueError naming the key.
 
+The engine trains a *task set* (`TaskSet`): members, each a registered task with its own
+stream (preprocessing strings and batch sizes, in the member's own config), loss weight,
+sampling rate and input mode. A registered builder returns a `Task` (the engine makes it a
+set of one, whose config is the job's: nothing changes for single tasks) or a `TaskSet`
+(ssl_jax/tasks/multitask.py). `get_task_set(config)` is what the engine calls.
+
 The engine wires them: trunk + heads in `PretextModel` (ssl_jax.train), the pretext
 stage on the device or the host, the loss's mean over the mesh axis. See
 docs/design.md ("Adding a task").
@@ -80,6 +86,71 @@ class Task:
   validate: Callable[[Any], None] = lambda config: None
 
 
+INPUT_MODES = ('rgb', 'gray3', 'lab_l')
+SCHEDULES = ('sum', 'sample')
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One member of a task set, as the engine trains it.
+
+  Attributes:
+    name: unique in the set; metrics `<name>/<key>`, params['heads'][name].
+    task: the member's `Task` (task.name is the registered task).
+    config: the member's job config: the job's, with the member's stream
+      (input.pp_train / pp_eval, batch_size, eval_batch_size) in place. Sources,
+      validation and the task itself read it.
+    weight: w in the differentiated loss sum_m w_m * loss_m (>= 0).
+    rate: sampling rate of schedule 'sample' (>= 0; drawn with p = rate / sum(rates)).
+    input_mode: what the member's pretext stage receives (before its own maths):
+      'rgb' (the images as they are), 'gray3' (luma grey in all three channels) or
+      'lab_l' (CIE L in all three channels, as u8 L * 255 / 100; tasks.common).
+  """
+  name: str
+  task: Task
+  config: Any
+  weight: float = 1.0
+  rate: float = 1.0
+  input_mode: str = 'rgb'
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSet:
+  """The tasks the engine trains on one trunk.
+
+  Attributes:
+    name: config.task (the registered builder).
+    members: tuple of `Member`, in order (member i's keys fold in i when there are
+      several; a set of one uses the job's keys unchanged).
+    schedule: 'sum' (every step runs every member on its own sub-batch and
+      differentiates sum_m w_m * loss_m) or 'sample' (each step draws one member with
+      probability rate_m / sum(rates), the same on every device and host).
+    eval_input: the trunk's input at linear evaluation (`EvalInput`).
+    settings: the builder's settings section (None for a set of one).
+  """
+  name: str
+  members: tuple
+  schedule: str = 'sum'
+  eval_input: Any = None
+  settings: Any = None
+
+  @property
+  def single(self):
+    """True for a set of one (today's single-task runs: names and keys unchanged)."""
+    return len(self.members) == 1
+
+  @property
+  def names(self):
+    return tuple(m.name for m in self.members)
+
+  def member(self, name):
+    for m in self.members:
+      if m.name == name:
+        return m
+    raise KeyError(f'task set {self.name!r} has no member {name!r}; members: '
+                   f'{list(self.names)}')
+
+
 def register(name):
   """Decorator registering `build(config) -> Task` under `name`."""
   def wrap(build):
@@ -107,7 +178,8 @@ def names():
 
 
 def get_task(name, config):
-  """The task `name` built for `config` (the whole job config).
+  """What the builder registered as `name` returns for `config` (the whole job config):
+  a `Task`, or a `TaskSet` for builders of several tasks (multitask).
 
   Raises:
     ValueError naming the unknown task and the registered ones.
@@ -119,6 +191,19 @@ def get_task(name, config):
   if task.name != name:
     raise ValueError(f'task builder registered as {name!r} returned task {task.name!r}')
   return task
+
+
+def as_task_set(task, config):
+  """A `Task` as a set of one (member name = task name, config = the job's), or the set."""
+  if isinstance(task, TaskSet):
+    return task
+  return TaskSet(name=task.name, members=(Member(task.name, task, config),),
+                 eval_input=getattr(task, 'eval_input', None))
+
+
+def get_task_set(config):
+  """The `TaskSet` of config.task: what the engine trains (built once per run)."""
+  return as_task_set(get_task(config.task, config), config)
 
 
 def settings(config, name):

@@ -79,3 +79,35 @@ def classification_loss(logits, targets, axis_name=None):
   del axis_name
   per_example = classification_metrics(logits, targets.reshape(-1))
   return jnp.mean(per_example['loss']), per_example
+
+
+INPUT_MODES = ('rgb', 'gray3', 'lab_l')
+
+
+def apply_input_mode(images, mode):
+  """A member's input mode on uint8 images (before its pretext stage).
+
+  Args:
+    images: u8[..., H, W, 3] sRGB (any leading dims: views).
+    mode: 'rgb' (unchanged), 'gray3' (ITU-R BT.601 luma, as to_gray's luma weights,
+      rounded, in all three channels) or 'lab_l' (CIE L of Lab (D65, as skimage),
+      rounded to u8 as L * 255 / 100, in all three channels: an RGB task's usual input
+      x / 127.5 - 1 then equals colorization's (L - 50) / 50 up to that rounding:
+      Doersch and Zisserman's input harmonization).
+  Returns:
+    u8 array of the same shape.
+  Raises:
+    ValueError for an unknown mode.
+  """
+  if mode == 'rgb':
+    return images
+  if mode not in INPUT_MODES:
+    raise ValueError(f'input mode {mode!r}; allowed: {list(INPUT_MODES)}')
+  if mode == 'gray3':
+    weights = jnp.asarray((0.2989, 0.5870, 0.1140), jnp.float32)
+    y = jnp.sum(images.astype(jnp.float32) * weights, axis=-1, keepdims=True)
+  else:
+    from ssl_jax.tasks import color  # pylint: disable=g-import-not-at-top
+    y = color.rgb_to_lab(images)[..., :1] * (255.0 / 100.0)
+  y = jnp.clip(jnp.round(y), 0, 255).astype(jnp.uint8)
+  return jnp.broadcast_to(y, images.shape)
