@@ -222,8 +222,9 @@ def run():
     sys.exit(2)
   _LINEAR_EVAL_OVERRIDES[:] = [a[len(LINEAR_EVAL_PREFIX):] for a in sys.argv[1:]
                                if a.startswith(LINEAR_EVAL_PREFIX)]
-  argv = [a for a in sys.argv if not a.startswith(LINEAR_EVAL_PREFIX)]
-  app.run(main, argv=argv)
+  # Out of sys.argv itself: ml_collections' config flag reads overrides from it.
+  sys.argv = [a for a in sys.argv if not a.startswith(LINEAR_EVAL_PREFIX)]
+  app.run(main)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax import tasks
 from ssl_jax.tasks.colorization import bins_of, colorize, endpoint_and_stride, picture
 
 
@@ -32,7 +31,6 @@ def main(argv=None):
   import argparse  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
   from ssl_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from ssl_jax import parallel  # pylint: disable=g-import-not-at-top
   from ssl_jax import train  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow: this CLI only)
 
@@ -48,25 +46,27 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   config = checkpoint.read_config(args.workdir)
-  task = tasks.get_task('colorization', config)
-  step = checkpoint.saved_steps(args.workdir)[-1]
-  state = checkpoint.restore_numpy(
-      os.path.join(checkpoint.checkpoint_dir(args.workdir), str(step), 'state'))
-  model = train.make_model(config, task)
+  # The engine as the run built it (train.build: the one place it is assembled), then
+  # the run's newest good checkpoint on its state.
+  run = train.build(config)
+  task, model = run.task_set.members[0].task, run.model
+  if task.name != 'colorization':
+    raise SystemExit(f'error: {args.workdir} trained {task.name!r}, not colorization')
+  manager = checkpoint.make_manager(args.workdir, config.max_to_keep)
+  state = checkpoint.restore_latest(manager, checkpoint.abstract_of(run.state))
+  manager.close()
+  if state is None:
+    raise SystemExit(f'error: {args.workdir} holds no usable checkpoint')
+  step = int(jax.device_get(state['step']))
   bn = args.bn or ('precise' if config.precise_bn_batches > 0 else 'ema')
   if bn == 'precise':
-    # As the run's val_* numbers: BN statistics re-estimated with the final weights,
-    # here over the first precise_bn_batches training batches (not augmented).
-    mesh = parallel.make_mesh()
-    train_images = input_pipeline.load_arrays(config, 'train', pp=config.input.pp_eval or None)[0]
-    b, k = config.batch_size, max(config.precise_bn_batches, 1)
-    batches = [(i, parallel.global_batch(mesh, {
-        'image': train_images[i * b:(i + 1) * b], 'label': np.zeros(b, np.int32),
-        'mask': np.ones(b, bool)})) for i in range(k)]
-    stats = train.precise_batch_stats(parallel.replicate(mesh, state),
-                                      train.make_bn_stats_step(config, task, model, mesh),
-                                      batches)
-    state = dict(state, batch_stats=jax.device_get(stats))
+    # As the run's val_* numbers: BN statistics re-estimated with the final weights over
+    # precise_bn_batches training batches (the run's own augmented stream).
+    k = max(config.precise_bn_batches, 1)
+    batches = [(i, b) for i, b in zip(range(k), run.train_batches(start_step=0))]
+    state = dict(state, batch_stats=train.precise_batch_stats(state, run.bn_stats_step,
+                                                              batches))
+  state = jax.device_get(state)
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
 
   @jax.jit
