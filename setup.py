@@ -24,7 +24,9 @@ setuptools.setup(
         'numpy>=1.26',
     ],
     extras_require={
-        'viz': ['matplotlib>=3.6,<4'],
-        'test': ['pytest>=8', 'pytest-xdist>=3', 'scikit-image>=0.22', 'scikit-learn>=1.3', 'Pillow>=10', 'matplotlib>=3.6,<4'],
+        'viz': ['matplotlib>=3.6,<4', 'scikit-learn>=1.3'],
+        'notebooks': ['matplotlib>=3.6,<4', 'scikit-learn>=1.3', 'jupyter', 'jupytext>=1.16,<2'],
+        'test': ['pytest>=8', 'pytest-xdist>=3', 'scikit-image>=0.22', 'scikit-learn>=1.3', 'Pillow>=10', 'matplotlib>=3.6,<4',
+                 'jupytext>=1.16,<2', 'nbformat>=5.9,<6', 'nbclient>=0.10,<0.12', 'ipykernel>=6.29,<8'],
     },
 )

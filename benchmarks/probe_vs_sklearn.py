@@ -50,16 +50,12 @@ def main(argv=None):
   trunk, source, _ = linear_eval.trunk_and_source(config)
   e = config.eval
   names = (args.endpoints.split(',') if args.endpoints else list(trunk['endpoints']))
-  # The linear evaluation's own feature function and split sizes.
-  fn = linear_eval.extract_fn(config, trunk, names, jnp.float32)
-  variables = jax.device_put(trunk['variables'])
-  jit_fn = jax.jit(fn)
-  n_train = linear_eval.split_sizes(config, source)['train']
+  # The evaluation's own feature cache (pooling, split sizes, BN statistics).
   t = time.perf_counter()
-  data = {}
-  for split, n in (('train', n_train), ('val', None), ('test', None)):
-    data[split] = linear_eval._extract_split(config, fn, variables, source, split, n,  # pylint: disable=protected-access
-                                             jit_fn)
+  with config.unlocked():
+    config.eval.cache_dtype = 'float32'
+  cache = linear_eval.cache(config, trunk, source, names)
+  data = {split: cache.split(split) for split in ('train', 'val', 'test')}
   print(f'trunk {trunk["name"]} ({trunk["task"]}): features of '
         f'{sum(len(d[1]) for d in data.values())} images in {time.perf_counter() - t:.1f} s; '
         f'splits train {len(data["train"][1])}, val {len(data["val"][1])}, '

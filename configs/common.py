@@ -39,6 +39,17 @@ def data_config(name):
       image_size=d['image_size'],
       skip_decode_errors=False,  # True: skip and count undecodable images instead of failing
       synthetic_examples=512,    # data.source='synthetic': number of training images
+      # Pretraining data axes (Cole et al. 2022; ssl_jax/data/axes.py). subset: a nested
+      # static subset of the train split (count, fraction or per_class; its own seed, so
+      # the same images in every experiment). pool: train/val mixed from several datasets
+      # at one resolution in exact proportions (data.source='in_memory' only).
+      subset=ml_collections.ConfigDict(dict(count=-1, fraction=-1.0, per_class=-1, seed=0)),
+      pool=ml_collections.ConfigDict(dict(
+          datasets=(), train_splits=(), val_splits=(), proportions=(), total=-1,
+          val_total=-1, image_size=0, resize='area', seed=0)),
+      # '' or a folder of prepared splits (python -m ssl_jax.sweep ... --prepare DIR):
+      # data.source='in_memory' then reads them with Pillow, no TensorFlow (GPU machine).
+      arrays_dir='',
   ))
 
 
@@ -115,6 +126,16 @@ def get_config():
 
   c.run_linear_eval = False      # True: linear evaluation as the last phase of a pretext job
   c.linear_eval_preset = ''      # preset of configs/linear_eval.py used then
+  # Evaluators during pretext training (ssl_jax/evaluation/monitor.py): every
+  # every_steps steps (0: off) they run on the features of the first train_examples
+  # train-split and val_examples val-split images (TensorBoard 'monitor/...'); the
+  # sections are those of configs/linear_eval.py's config.evals (fine-tuning refused).
+  c.evals = ml_collections.ConfigDict(dict(
+      every_steps=0, train_examples=2000, val_examples=1000, batch_size=250,
+      pool_mode='max', target_dims=9000,
+      knn=ml_collections.ConfigDict(dict(type='knn', enabled=True, presets=('k20_t0.07',),
+                                         endpoints='pre_logits')),
+  ))
   return c
 
 

@@ -33,6 +33,30 @@ Presets:
                 and 500, VALID max pooling to <= 9000 dims, wd 0 (SGD, lr_scaling
                 'batch').
   smoke         tiny, for tests (hundreds of examples, a few epochs, 16 px; SGD).
+  cifar10_cpu_finetune   Cole et al.'s label-quantity comparison at CPU size, on the
+                cifar10_cpu setting: linear probes (block3, pre_logits) and fine-tuning
+                of the whole network (configs/supervised.py:cifar10_cpu recipe, CIFAR
+                crop + flip) at 10 / 100 / all (1,000) labels per class, each beside the
+                random-init trunk through the same recipe (fine-tuning: supervised from
+                scratch); lr in {0.03, 0.1} chosen on val; 100-600 steps per run.
+  cifar10_finetune       the same at study size, for accelerators: every endpoint, 45,000
+                train images, 1 / 4 / 10 / 50 / 100 / 500 / all labels per class, lr
+                {0.01, 0.03, 0.1} x wd {1e-4, 5e-4} x {30, 100} epochs, up to 20,000
+                steps per run.
+Evaluators (config.evals, one section per instance, see ssl_jax/evaluation/evaluators):
+  linear (probe), mlp, knn, lowshot (the historic sections, also reachable as
+  config.train / config.mlp / config.knn / config.lowshot), finetune (off by default).
+  Add an instance with a section of a registered type, e.g. a probe trained on a coarse
+  level: config.evals.linear_coarse4 = dict(type='probe', train_level='coarse4').
+BatchNorm in inference mode: eval.bn_stats for the evaluated trunk and eval.baseline_bn
+for the random-init twin. 'best' (default, both): the evaluation runs with each kind of
+statistics (trunk: its moving averages, then population statistics re-estimated on
+eval.bn_batches train batches; twin: its initial mean 0 / variance 1, then re-estimated)
+and takes, per evaluator, endpoint and variant, the rows of the kind better on val: the
+same choice on both sides, so the gain is not BatchNorm statistics (measured: neither kind
+is the stronger baseline at every layer; README "Linear evaluation"). Twice the cached
+evaluators' time. Single kinds: 'trained' (the study's) / 'reestimate' for the trunk,
+'init' / 'reestimate' for the twin.
 Patch models (pretext task jigsaw / relative_patch_location) switch to the study's patch
 geometry automatically: resize_small 3.5p -> crop 3p -> 3x3 cells of p px (p = the
 pretext patch size; 224 -> 192 -> 64 for the study), features averaged over patches.
@@ -41,7 +65,8 @@ import ml_collections
 
 from configs import common
 
-PRESETS = ('cifar10', 'cifar10_cpu', 'imagenette64', 'imagenet', 'smoke')
+PRESETS = ('cifar10', 'cifar10_cpu', 'imagenette64', 'imagenet', 'smoke',
+           'cifar10_cpu_finetune', 'cifar10_finetune')
 
 
 def base_config():
@@ -78,6 +103,16 @@ def base_config():
       # seeds) also runs on a randomly initialised trunk; every row gets its test top-1
       # and the gain (on by default in the CPU-sized presets).
       random_init_baseline=False,
+      # BatchNorm statistics in inference mode. bn_stats (the evaluated trunk):
+      # 'best' (both kinds below, per result group the better on val), 'trained' (the
+      # checkpoint's moving averages, the study) or 'reestimate' (population mean /
+      # variance of its BN inputs over bn_batches batches of eval_batch_size
+      # train-split images, evaluation preprocessing, weights untouched). baseline_bn
+      # (the random-init twin): 'best', 'init' (mean 0, variance 1: in inference mode
+      # the twin's units see unnormalised inputs) or 'reestimate'.
+      bn_stats='best',
+      baseline_bn='best',
+      bn_batches=20,
       lbfgs_iters=500,           # L-BFGS iteration cap of each L2 point
   ))
   c.train = ml_collections.ConfigDict(dict(
@@ -105,10 +140,67 @@ def base_config():
   c.lowshot = ml_collections.ConfigDict(dict(
       enabled=False, shots=(1, 2, 4, 8, 16, 32, 64, 96), samples=5,
       endpoints='pre_logits'))
+  # The evaluators to run: one section per instance, `type` = a registered evaluator
+  # (ssl_jax/evaluation/evaluators/<type>.py), `enabled`. The standard four are the
+  # historic sections under a second name (the same objects: config.mlp IS
+  # config.evals.mlp, config.train IS config.evals.linear.train, and
+  # config.evals.linear.solver follows config.eval.solver), so older command lines and
+  # scripts keep working.
+  c.evals = ml_collections.ConfigDict()
+  c.evals.linear = ml_collections.ConfigDict(dict(
+      type='probe', enabled=True, endpoints='', label_counts=(-1,), train_level='fine',
+      keep_predictions=False))
+  c.evals.linear.solver = c.eval.get_ref('solver')
+  c.evals.linear.train = c.train
+  for name in ('mlp', 'knn', 'lowshot'):
+    c[name].type = name
+    c.evals[name] = c[name]
+  c.evals.finetune = finetune_section()
+  # Class groupings for granularity (Cole et al.): {level: groups of class indices};
+  # probes, kNN and fine-tuning are also scored at each level ('top1@<level>').
+  c.groupings = ml_collections.ConfigDict()
   return c
 
 
+# CIFAR-10 classes: 0 airplane, 1 automobile, 2 bird, 3 cat, 4 deer, 5 dog, 6 frog,
+# 7 horse, 8 ship, 9 truck. Two nested semantic levels (WordNet hypernyms), so a
+# coarser level's groups are unions of the finer one's, as taxonomic ranks are:
+#   coarse2: vehicle (airplane, automobile, ship, truck) | animal (the other six)
+#   coarse4: aircraft and vessel (airplane, ship) | road vehicle (automobile, truck) |
+#            bird and amphibian (bird, frog) | mammal (cat, deer, dog, horse)
+CIFAR10_GROUPINGS = {
+    'coarse2': ((0, 1, 8, 9), (2, 3, 4, 5, 6, 7)),
+    'coarse4': ((0, 8), (1, 9), (2, 6), (3, 4, 5, 7)),
+}
+
+
+def finetune_section(**overrides):
+  """config.evals.finetune: the whole network from the trunk, through the engine.
+
+  See ssl_jax/evaluation/evaluators/finetune.py. Off by default (its cost is that of
+  supervised training runs); the `cifar10_cpu_finetune` preset switches it on.
+  """
+  s = dict(
+      type='finetune', enabled=False,
+      preset='cifar10_cpu',          # configs/supervised.py preset: the recipe's base
+      label_counts=(-1,),            # images per class (-1: every train example used)
+      lrs=(0.1,),                    # base lr (the engine's: x batch / 256)
+      weight_decays=(1e-4,),
+      epochs=(30.0,),                # epochs over the labelled subset
+      min_steps=100, max_steps=2000,  # each run's steps: epochs x n / batch, clipped
+      batch_size=64,
+      warmup_fraction=0.05,          # linear warm-up share of the steps, then cosine
+      pp_train='decode|pad_crop_flip',  # the augmentation ('' = the evaluation's)
+      pp_eval='',                    # '' = the evaluation's eval preprocessing
+      checkpoint_every=200,          # steps between checkpoints (resume)
+      seed=0)
+  s.update(overrides)
+  return ml_collections.ConfigDict(s)
+
+
 def get_config(preset='cifar10'):
+  if preset in ('cifar10_cpu_finetune', 'cifar10_finetune'):
+    return _finetune_preset(preset)
   c = base_config()
   if preset in ('cifar10', 'cifar10_cpu', 'imagenette64'):
     if preset == 'imagenette64':
@@ -130,6 +222,8 @@ def get_config(preset='cifar10'):
                    lr_scaling='features', tol=1e-4, precond_rank=128)
     c.mlp.enabled = True
     c.lowshot.enabled = True
+    if preset != 'imagenette64':
+      c.groupings = ml_collections.ConfigDict(CIFAR10_GROUPINGS)
     if preset == 'cifar10_cpu':
       c.eval.random_init_baseline = True
       c.eval.max_train_examples = 10_000
@@ -145,6 +239,7 @@ def get_config(preset='cifar10'):
     c.input.pp_eval = 'decode|resize_small(256)|crop(224)'
     c.eval.mode = 'faithful'
     c.eval.solver = 'sgd'
+    c.eval.bn_stats = 'trained'  # the study's; 'best' would train every probe twice
     c.batch_size = 2048
     c.eval_batch_size = 512
     c.train.update(batch_size=2048, epochs=520, base_lrs=(0.1,), weight_decays=(0.0,),
@@ -168,7 +263,31 @@ def get_config(preset='cifar10'):
     c.mlp.train.update(epochs=2, eval_every=1, decay_epochs=())
     c.knn.presets = ('k20_t0.07',)
     c.lowshot.update(enabled=True, shots=(1, 2), samples=2)
+    c.groupings = ml_collections.ConfigDict(CIFAR10_GROUPINGS)
   else:
     raise ValueError(f'unknown preset {preset!r} for configs/linear_eval.py; '
                      f'allowed: {list(PRESETS)}')
+  return c
+
+
+def _finetune_preset(preset):
+  """Probes and fine-tuning at label counts beside the random-init baseline (Cole)."""
+  cpu = preset == 'cifar10_cpu_finetune'
+  c = get_config('cifar10_cpu' if cpu else 'cifar10')
+  c.eval.random_init_baseline = True
+  c.mlp.enabled = c.lowshot.enabled = False
+  if cpu:
+    counts = (10, 100, -1)
+    c.eval.endpoints = 'block3,pre_logits'
+    c.evals.finetune.update(
+        enabled=True, preset='cifar10_cpu', label_counts=counts, lrs=(0.03, 0.1),
+        weight_decays=(1e-4,), epochs=(30.0,), min_steps=100, max_steps=600,
+        batch_size=64, checkpoint_every=200)
+  else:
+    counts = (1, 4, 10, 50, 100, 500, -1)
+    c.evals.finetune.update(
+        enabled=True, preset='cifar10', label_counts=counts, lrs=(0.01, 0.03, 0.1),
+        weight_decays=(1e-4, 5e-4), epochs=(30.0, 100.0), min_steps=200,
+        max_steps=20_000, batch_size=128, checkpoint_every=1000)
+  c.evals.linear.label_counts = counts
   return c

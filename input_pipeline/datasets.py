@@ -18,6 +18,15 @@ naming dataset, split and data_dir when the pipeline is built, before anything
 is compiled. An example that fails to decode or preprocess raises `DatasetError`
 naming it, or, with config.data.skip_decode_errors, is skipped, counted and
 logged.
+
+config.data.subset (ssl_jax.data.axes: a nested static subset of the train split by
+count, fraction or per class) applies to every pass over the 'train' split, training
+and evaluation: the split is read in its canonical order (no file shuffling; the
+example shuffle buffer still shuffles) and filtered to the subset's positions, the
+same positions `axes.apply` takes from `load_arrays`' arrays, so both sources see the
+same images. `load_arrays` itself returns the whole split (axes.apply selects).
+config.data.pool needs arrays (data.source='in_memory'); `load_split_arrays` loads its
+datasets.
 """
 import math
 import re
@@ -32,6 +41,7 @@ import tensorflow_datasets as tfds
 
 from input_pipeline import imagenet_tfrecords
 from input_pipeline import preprocess
+from ssl_jax.data import axes
 
 SPLIT_NAMES = ('train', 'val', 'test')
 TFRECORDS_NAME = 'imagenet_tfrecords'
@@ -136,8 +146,58 @@ def _make_source(config, split_name, *, shard_by_process=True):
 
 
 def num_examples(config, split_name: str) -> int:
-  """Examples in the whole split `split_name` (all hosts)."""
-  return _make_source(config, split_name, shard_by_process=False).num_examples
+  """Examples in the whole split `split_name` (all hosts), after config.data.subset."""
+  source = _make_source(config, split_name, shard_by_process=False)
+  members = _subset_members(config, source, split_name)
+  return source.num_examples if members is None else int(members.sum())
+
+
+def _split_labels(config, split_name: str) -> np.ndarray:
+  """Labels of the whole split in canonical order (one pass over the records)."""
+  source = _make_source(config, split_name, shard_by_process=False)
+  ds = source.read(train=False, seed=0).map(lambda ex: ex['label'],
+                                            num_parallel_calls=tf.data.AUTOTUNE)
+  batches = list(ds.batch(8192).as_numpy_iterator())
+  return (np.concatenate(batches) if batches else np.zeros(0)).astype(np.int64)
+
+
+def _subset_members(config, source, split_name: str) -> Optional[np.ndarray]:
+  """bool[N] over the whole split: the positions config.data.subset keeps (None: all).
+
+  Only the 'train' split is subset (ssl_jax.data.axes: nested, seeded, static).
+  """
+  if split_name != 'train' or not axes.subset_active(config.data):
+    return None
+  axes.validate(config)
+  if config.data.get('skip_decode_errors', False):
+    raise ValueError('config.data.subset with config.data.skip_decode_errors=True: a '
+                     'skipped image would shift the subset\'s positions; prepare a clean '
+                     'split or use data.source=\'in_memory\'')
+  settings = axes.subset_of(config.data)
+  n = source.num_examples
+  labels = _split_labels(config, split_name) if settings['per_class'] > 0 else None
+  members = np.zeros(n, bool)
+  members[axes.subset_positions(settings, n, labels)] = True
+  return members
+
+
+def load_split_arrays(config, dataset: str, split: str, *, pp: str = 'decode'
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+  """One TFDS split of any dataset decoded into memory (a pool's datasets).
+
+  Args:
+    config: the job config (data.data_dir, seed).
+    dataset: TFDS name; split: TFDS split string (e.g. 'train[:8469]').
+    pp: preprocessing (default 'decode': the native size; use a fixed-size op for
+      datasets whose images differ in size).
+  Returns:
+    (uint8[N, H, W, 3], int32[N]) in TFDS order, the whole split (no subset).
+  """
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.data.name = dataset
+    cfg.data.train_split = split
+  return load_arrays(cfg, 'train', pp=pp)
 
 
 def num_classes(config) -> Optional[int]:
@@ -361,10 +421,18 @@ def get_dataset(config, split_name: str, *, train: bool,
 
 
 def _make_iterator(config, split_name, *, train, local_batch, shard_by_process,
-                   pp, pad) -> BatchIterator:
-  """get_dataset's body; pad=False leaves the last eval batch partial."""
+                   pp, pad, subset=True) -> BatchIterator:
+  """get_dataset's body; pad=False leaves the last eval batch partial; subset=False
+  reads the whole split whatever config.data.subset says (load_arrays)."""
   source = _make_source(config, split_name, shard_by_process=shard_by_process)
   index = source.process_index
+  members = _subset_members(config, source, split_name) if subset else None
+  # (Counted only when needed: a multi-host TFRecord source scans its files.)
+  host_counts = list(source.host_counts) if (members is not None or not train) else None
+  host_start = sum(host_counts[:index]) if host_counts else 0
+  if members is not None:  # per-host shares of the subset
+    bounds = np.concatenate([[0], np.cumsum(host_counts)])
+    host_counts = [int(members[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
   spec = _pp_spec(config, train, pp)
   if train:
     base_seed = _base_seed(config, index, train)
@@ -373,14 +441,16 @@ def _make_iterator(config, split_name, *, train, local_batch, shard_by_process,
     # Positions in the whole split: eval randomness (to_gray) is the same for
     # any number of hosts (host shares are contiguous, in order).
     base_seed = _base_seed(config, 0, train)
-    first_pos = sum(source.host_counts[:index])
+    first_pos = sum(host_counts[:index])
   skip_errors = bool(config.data.get('skip_decode_errors', False))
   what = (f'Dataset {config.data.name!r} split {source.split!r} '
           f'({split_name}, data_dir {_data_dir_str(config.data.data_dir)})')
 
   ds, host_count, skipped = _examples(
       config, source, spec, train=train, base_seed=base_seed,
-      first_pos=first_pos, skip_errors=skip_errors, what=what)
+      first_pos=first_pos, skip_errors=skip_errors, what=what,
+      members=members, host_start=host_start,
+      host_count=host_counts[index] if host_counts else None)
   if train:
     ds = ds.batch(local_batch, drop_remainder=True)
     ds = ds.map(lambda b: {**b, 'mask': tf.ones([local_batch], tf.bool)})
@@ -391,7 +461,7 @@ def _make_iterator(config, split_name, *, train, local_batch, shard_by_process,
     num_batches = math.ceil(host_count / local_batch)
   else:
     # Same number of batches on every host: the largest share decides.
-    num_batches = math.ceil(max(source.host_counts) / local_batch)
+    num_batches = math.ceil(max(host_counts) / local_batch)
     ds = _pad(ds, num_batches * local_batch).batch(local_batch,
                                                    drop_remainder=True)
   ds = ds.prefetch(config.input.get('prefetch', 2)).with_options(_options())
@@ -420,16 +490,25 @@ def _make_iterator(config, split_name, *, train, local_batch, shard_by_process,
 
 
 def _examples(config, source, spec, *, train, base_seed, first_pos,
-              skip_errors, what):
+              skip_errors, what, members=None, host_start=0, host_count=None):
   """Preprocessed examples {'image', 'label', '_pos'}, before batching.
 
+  members: bool[N] over the whole split (a subset: config.data.subset) or None;
+  host_start: the whole-split position of this host's first example; host_count:
+  the examples this host reads per eval pass.
   Returns (dataset, examples this host reads per eval pass (None for
   training), examples already known to be skipped).
   """
   seed = int(config.seed) + source.process_index
-  ds = source.read(train=train, seed=seed)
+  if members is None:
+    ds = source.read(train=train, seed=seed)
+  else:
+    # Canonical order (no file shuffling): positions are those of load_arrays.
+    keep = tf.constant(members)
+    ds = (source.read(train=False, seed=seed).enumerate(host_start)
+          .filter(lambda i, ex: tf.gather(keep, i)).map(lambda i, ex: ex))
   # Eval only: a multi-host TFRecord source would scan its files for counts.
-  host_count = None if train else source.host_counts[source.process_index]
+  host_count = None if train else host_count
   skipped = 0
   if config.input.get('cache', False):
     # Decode once into memory (small datasets). The full spec still runs
@@ -488,7 +567,8 @@ def load_arrays(config, split_name: str, *, pp: Optional[str] = None,
                 ) -> Tuple[np.ndarray, np.ndarray]:
   """Decodes a whole (small) split into memory, in TFDS order.
 
-  For the device-resident source: augmentation then happens in JAX.
+  For the device-resident source: augmentation then happens in JAX. The whole
+  split, whatever config.data.subset says (ssl_jax.data.axes.apply selects).
 
   Args:
     config: the job config.
@@ -502,7 +582,7 @@ def load_arrays(config, split_name: str, *, pp: Optional[str] = None,
   """
   it = _make_iterator(config, split_name, train=False, local_batch=1024,
                       shard_by_process=shard_by_process,
-                      pp=pp or default_pp(config), pad=False)
+                      pp=pp or default_pp(config), pad=False, subset=False)
   batches = list(it)
   if not batches:
     shape = it.element_spec['image'].shape[1:]
@@ -510,3 +590,46 @@ def load_arrays(config, split_name: str, *, pp: Optional[str] = None,
             np.zeros((0,), np.int32))
   return (np.concatenate([b['image'] for b in batches]),
           np.concatenate([b['label'] for b in batches]))
+
+
+def encoded_split(config, dataset: str, split: str) -> Tuple[list, np.ndarray]:
+  """One TFDS split's encoded images (bytes, as stored) and labels, in TFDS order."""
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.data.name = dataset
+    cfg.data.train_split = split
+  source = _make_source(cfg, 'train', shard_by_process=False)
+  blobs, labels = [], []
+  for ex in source.read(train=False, seed=0).as_numpy_iterator():
+    blobs.append(bytes(ex['image']))
+    labels.append(int(ex['label']))
+  return blobs, np.asarray(labels, np.int32)
+
+
+def prepare_arrays(config, arrays_dir: str, pairs, *, verify: bool = True) -> list:
+  """Writes the (dataset, split) pairs for config.data.arrays_dir (ssl_jax.data.axes).
+
+  Each split's JPEG bytes as TFDS holds them (axes.write_prepared); with verify, the
+  Pillow decode (axes.read_prepared) is compared image for image with load_arrays'
+  TF decode at the native size, and a difference raises RuntimeError naming the split.
+  Returns [{dataset, split, path, count, mib, verified}].
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  out = []
+  for dataset, split in pairs:
+    blobs, labels = encoded_split(config, dataset, split)
+    path = axes.write_prepared(arrays_dir, dataset, split, blobs, labels,
+                               meta={'what': f'TFDS {dataset} {split}: encoded images'})
+    verified = None
+    if verify:
+      images, got = axes.read_prepared(arrays_dir, dataset, split)
+      ref, ref_labels = load_split_arrays(config, dataset, split)
+      bad = (images.shape != ref.shape or not np.array_equal(got, ref_labels) or
+             int(np.sum(np.any(images != ref, axis=(1, 2, 3)))))
+      if bad:
+        raise RuntimeError(f'{dataset} {split}: the Pillow decode of the prepared file '
+                           f'differs from the TF decode ({bad} images or shapes/labels)')
+      verified = 'equal to input_pipeline.load_split_arrays (images and labels)'
+    out.append({'dataset': dataset, 'split': split, 'path': path, 'count': len(blobs),
+                'mib': os.path.getsize(path) / 2**20, 'verified': verified})
+  return out

@@ -37,6 +37,7 @@ This module imports no TensorFlow: the tf.data source and clu's metric writers a
 imported inside `build` (TFDS source only) and `train_loop`.
 """
 import collections
+import contextlib
 import dataclasses
 import functools
 import math
@@ -61,6 +62,7 @@ from ssl_jax import models
 from ssl_jax import optim
 from ssl_jax import parallel
 from ssl_jax import tasks
+from ssl_jax.data import axes
 from ssl_jax.data import sources
 from ssl_jax.tasks import common
 
@@ -642,6 +644,7 @@ class Run:
   manager: Any = None
   restored_from: Optional[int] = None
   init_trunk: Optional[str] = None
+  lock: Any = None  # checkpoint.lock_workdir's, held for the run's life (workdir only)
   host_fns: dict = dataclasses.field(default_factory=dict)
   _train_steps: dict = dataclasses.field(default_factory=dict)
   _eval_steps: dict = dataclasses.field(default_factory=dict)
@@ -773,12 +776,15 @@ def _images_per_step(task_set):
 def _member_sources(config, task_set, arrays):
   """{member: source}: one dataset (config.data), each member's own preprocessing."""
   d = config.data
+  axes.validate(config, arrays_given=arrays is not None)
   if arrays is None and d.source == 'synthetic':
     arrays = sources.synthetic_arrays(d.synthetic_examples, max(config.eval_batch_size, 1),
                                       d.image_size, d.num_classes, config.seed)
   if arrays is None and d.source == 'in_memory':
-    import input_pipeline  # pylint: disable=g-import-not-at-top
-    arrays = {s: input_pipeline.load_arrays(config, s) for s in ('train', 'val')}
+    # data.arrays_dir (prepared splits, Pillow, no TensorFlow) or input_pipeline.
+    arrays = {s: axes.load_split(config, s) for s in ('train', 'val')}
+  if arrays is not None:  # the pretraining data axes: data.pool, then data.subset
+    arrays = axes.apply(config, arrays)
   if arrays is None:
     if d.source != 'tfds':
       raise ValueError(f'config.data.source={d.source!r}; allowed: {list(sources.SOURCES)}')
@@ -826,6 +832,26 @@ def build(config, workdir=None, *, arrays=None, init_trunk=None, tx_suffix=None)
   parallel.maybe_initialize_distributed(config)
   with config_lib.startup_errors():
     task_set = config_lib.validate(config)
+    if _monitor_on(config):
+      from ssl_jax.evaluation import monitor as monitor_lib  # pylint: disable=g-import-not-at-top
+      monitor_lib.validate(config)
+    # One run per workdir: an exclusive lock, held until train_loop ends (or
+    # run.lock.release()); the kernel drops it with the process, however it ends.
+    lock = checkpoint.lock_workdir(workdir) if workdir is not None else None
+  try:
+    run = _assemble(config, workdir, task_set, arrays=arrays, init_trunk=init_trunk,
+                    tx_suffix=tx_suffix)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+  run.lock = lock
+  return run
+
+
+def _assemble(config, workdir, task_set, *, arrays, init_trunk, tx_suffix):
+  """The body of `build` once the config is valid and the workdir locked."""
+  with config_lib.startup_errors():
     if workdir is not None:
       checkpoint.check_resume(workdir, config, task_set=task_set)
       checkpoint.check_writable(workdir)
@@ -888,7 +914,8 @@ def build(config, workdir=None, *, arrays=None, init_trunk=None, tx_suffix=None)
   if workdir is not None:
     manager = checkpoint.make_manager(workdir, config.max_to_keep)
     with config_lib.startup_errors():
-      restored = checkpoint.restore_latest(manager, checkpoint.abstract_of(state))
+      restored = checkpoint.restore_latest(manager, checkpoint.abstract_of(state),
+                                           config=config)
     if restored is not None:
       state = restored
       restored_from = int(jax.device_get(state['step']))
@@ -919,6 +946,45 @@ def train_and_evaluate(config, workdir, arrays=None, *, init_trunk=None):
   return train_loop(build(config, workdir, arrays=arrays, init_trunk=init_trunk))
 
 
+class _LoggingWriter:
+  """Scalars to the log only: the writer where clu is not installed (a JAX-only GPU
+  machine has neither clu nor TensorFlow); no TensorBoard events then."""
+
+  def write_scalars(self, step, scalars):
+    logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' if isinstance(v, float) else
+                                            f'{k}={v}' for k, v in sorted(scalars.items())))
+
+  def flush(self):
+    pass
+
+
+class _NoReport:
+  """periodic_actions.ReportProgress's interface, doing nothing (no clu)."""
+
+  def __call__(self, step):
+    pass
+
+  def timed(self, name):
+    del name
+    return contextlib.nullcontext()
+
+
+def _metric_writers(workdir, is_chief, total_steps):
+  """(writer, progress report): clu's (TensorBoard events + log, ETA) when installed."""
+  try:
+    from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning('clu is not installed: scalars go to the log only, no TensorBoard events')
+    return _LoggingWriter(), _NoReport()
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  return writer, periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+
+
+def _monitor_on(config):
+  evals = config.get('evals')
+  return evals is not None and evals.get('every_steps', 0) > 0
+
+
 def train_loop(run):
   """The training loop over a `Run` with a workdir: steps, logs, evaluations, checkpoints.
 
@@ -947,10 +1013,13 @@ def train_loop(run):
                            members=None if run.single else run.task_set.names)
 
   # --- Metrics ---------------------------------------------------------------------
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  writer, report = _metric_writers(workdir, is_chief, total_steps)
   hooks = [report] if is_chief else []
+  # Evaluators during training (config.evals.every_steps > 0; ssl_jax/evaluation/monitor).
+  monitor = None
+  if _monitor_on(config):
+    from ssl_jax.evaluation import monitor as monitor_lib  # pylint: disable=g-import-not-at-top
+    monitor = monitor_lib.create(run)
 
   def run_eval(step):
     with report.timed('eval'):
@@ -1030,6 +1099,9 @@ def train_loop(run):
       if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0
           ) or step == total_steps:
         last_eval = run_eval(step)
+      if monitor is not None and (step % monitor.every_steps == 0 or step == total_steps):
+        with report.timed('monitor'):
+          writer.write_scalars(step, monitor(state, step))
       if terminate or manager.reached_preemption(step):
         check_finite(pending)
         if manager.latest_step() != step:
@@ -1040,9 +1112,13 @@ def train_loop(run):
         break
   finally:
     restore_sigterm()
-    manager.wait_until_finished()
-    manager.close()
-    writer.flush()
+    try:
+      manager.wait_until_finished()
+      manager.close()
+      writer.flush()
+    finally:
+      if run.lock is not None:
+        run.lock.release()
   return {'step': step, 'val': last_eval, 'train_history': history, 'preempted': preempted,
           'state': state}
 

@@ -418,6 +418,10 @@ def test_random_init_baseline_is_the_same_evaluation_on_a_random_trunk(tmp_path)
   random_cfg = config.copy_and_resolve_references()
   random_cfg.pretrained = ''
   random_cfg.model = pretext.model
+  # The default baseline's BN statistics: the better on val of the initial and the
+  # re-estimated ones, as a random trunk evaluated on its own gets by default.
+  assert res['baseline']['bn_stats']['method'] == config.eval.baseline_bn == 'best'
+  assert random_cfg.eval.bn_stats == 'best'
   alone = linear_eval.evaluate_arrays(random_cfg, arrays)
   assert alone['pretext_task'] == 'random_init' and 'baseline' not in alone
   for name, row in res['linear'].items():

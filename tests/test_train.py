@@ -466,3 +466,55 @@ def test_precise_bn_evaluation_reports_both_and_leaves_training_unchanged(tmp_pa
   c.precise_bn_batches = -1
   with pytest.raises(config_lib.ConfigError, match='precise_bn_batches=-1'):
     config_lib.validate(c)
+
+
+def test_the_loop_runs_without_clu_and_gives_the_same_numbers(tmp_path, monkeypatch):
+  """The JAX-only GPU machine has no clu (nor TensorFlow): train_loop falls back to a
+  log-only writer, and the training itself is unchanged (same final loss and state)."""
+  import builtins  # pylint: disable=g-import-not-at-top
+  c = _tiny_config()
+  c.total_steps, c.checkpoint_every_steps, c.log_every_steps, c.eval_every_steps = 4, 4, 2, 4
+  with_clu = train.train_and_evaluate(c, str(tmp_path / 'clu'))
+  real_import = builtins.__import__
+
+  def no_clu(name, *args, **kwargs):
+    if name == 'clu' or name.startswith('clu.'):
+      raise ImportError(f'No module named {name!r} (blocked by the test)')
+    return real_import(name, *args, **kwargs)
+  monkeypatch.setattr(builtins, '__import__', no_clu)
+  without = train.train_and_evaluate(c, str(tmp_path / 'noclu'))
+  assert without['step'] == with_clu['step'] == 4
+  assert not [f for f in os.listdir(tmp_path / 'noclu') if f.startswith('events.out')]
+  assert without['train_history'][-1]['train_loss'] == with_clu['train_history'][-1]['train_loss']
+  np.testing.assert_array_equal(
+      np.asarray(jax.device_get(without['state']['step'])),
+      np.asarray(jax.device_get(with_clu['state']['step'])))
+  for a, b in zip(jax.tree.leaves(jax.device_get(without['state']['params'])),
+                  jax.tree.leaves(jax.device_get(with_clu['state']['params']))):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('source', ['synthetic', 'in_memory_arrays'])
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, source):
+  """Stopping at a checkpoint and resuming (total_steps raised, as a rerun after a kill
+  does) gives the same parameters, BN statistics and optimizer state, bit for bit, as
+  one uninterrupted run: the data stream, the pretext keys and the schedule resume."""
+  c = _tiny_config()
+  c.total_steps, c.checkpoint_every_steps, c.log_every_steps, c.eval_every_steps = 8, 4, 4, -1
+  arrays = None
+  if source == 'in_memory_arrays':
+    rng = np.random.RandomState(3)
+    arrays = {s: (rng.randint(0, 256, (n, 8, 8, 3)).astype(np.uint8),
+                  rng.randint(0, 10, n).astype(np.int32)) for s, n in (('train', 96), ('val', 16))}
+  whole = train.train_and_evaluate(c, str(tmp_path / 'whole'), arrays=arrays)
+  half = c.copy_and_resolve_references()
+  half.total_steps = 4
+  train.train_and_evaluate(half, str(tmp_path / 'split'), arrays=arrays)
+  resumed = train.train_and_evaluate(c, str(tmp_path / 'split'), arrays=arrays)
+  assert resumed['step'] == whole['step'] == 8
+  for key in ('params', 'batch_stats', 'opt_state'):
+    a = jax.tree.leaves(jax.device_get(whole['state'][key]))
+    b = jax.tree.leaves(jax.device_get(resumed['state'][key]))
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=key)

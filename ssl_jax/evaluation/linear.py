@@ -742,6 +742,29 @@ def score_cached(selected, feats, labels, *, kind, stats=None, mask=None,
   return {n: {k: float(v[0]) for k, v in d.items()} for n, d in m.items()}, int(count)
 
 
+@functools.partial(jax.jit, static_argnames=('kind',))
+def _head_logits(kind, params, x, stats):
+  return _logits(kind, params, _standardize(x, stats))[0]
+
+
+def logits_cached(selected, feats, *, kind, stats=None, batch_size=2048):
+  """Logits of the selected heads on cached features: {endpoint: np.float32[N, K]}.
+
+  The same computation `score_cached` scores (standardisation with the train `stats`,
+  then the head), in row blocks of `batch_size` (a remainder block compiles once more).
+  """
+  params = stack_selected(selected)
+  out = {}
+  for name in sorted(params):
+    x = feats[name]
+    st = None if stats is None else stats[name]
+    n = int(x.shape[0])
+    out[name] = np.concatenate(
+        [np.asarray(_head_logits(kind, params[name], x[s:s + batch_size], st))
+         for s in range(0, n, batch_size)]) if n else np.zeros((0, 0), np.float32)
+  return out
+
+
 def score_faithful(selected, extract_fn, trunk_variables, batches, *, kind):
   """Top-1/top-5/loss per endpoint of the selected heads, images through the trunk."""
   params = stack_selected(selected)

@@ -1,15 +1,44 @@
-"""The linear-evaluation job: `run(config, workdir)` (config: configs/linear_eval.py).
+"""The evaluation job: `run(config, workdir)` (config: configs/linear_eval.py), the conductor
+of the evaluators (`ssl_jax.evaluation.evaluators`) over one shared feature cache.
 
 1. Restore the pretext trunk (`checkpoint.restore_trunk(config.pretrained)`), frozen,
-   BatchNorm in inference mode; build it with the pretext run's model settings.
-2. Images from config.data (independent of the pretext data: transfer works), with
-   the eval preprocessing (config.input.pp_*; patch models: the study's patch geometry).
-3. Per endpoint pooled features; one head per endpoint trained jointly on the train
-   split ('cached': features extracted once; 'faithful': trunk at every step).
-   Epochs, lr and weight decay are selected on the held-out val split only.
-4. The test split is scored once, at the end, with the selected heads; MLP head, kNN and
-   low-shot likewise. Every number names its split.
-5. workdir/results.json, TensorBoard scalars (clu, if installed) and a console table.
+   BatchNorm in inference mode with the statistics config.eval.bn_stats says; build it
+   with the pretext run's model settings; ask the task which input it takes.
+2. Images from config.data (independent of the pretext data: transfer works), with the
+   evaluation preprocessing (config.input.pp_*; patch models: the study's patch geometry).
+3. Build every enabled evaluator of config.evals (probe, mlp, knn, lowshot, finetune, ...:
+   one file each, a registry); a bad section is a one-line error before any compile.
+4. Per endpoint group, extract the features of every split once (`features.Cache`) and
+   run each evaluator that reads them; then the evaluators that need the trunk itself
+   (fine-tuning, the faithful probe). Every choice is made on val; test is scored once.
+5. With config.eval.random_init_baseline, steps 4 again on a random-init twin (same
+   architecture, input, features, evaluators and seeds; BN statistics per
+   config.eval.baseline_bn): every row gets its `baseline` and `gain`.
+6. workdir/results.json, TensorBoard scalars (clu, if installed) and a console table,
+   all made from the rows alone.
+
+Rows (`rows(results)`, results['rows']): a list of flat dicts, one number each:
+  evaluator   the instance name (the config.evals key: 'linear', 'mlp', 'knn', ...)
+  type        the evaluator type ('probe', 'mlp', 'knn', 'lowshot', 'finetune', ...)
+  endpoint    the trunk endpoint ('block3', 'pre_logits', ...; 'network' for fine-tuning)
+  variant     '' or what distinguishes rows of one endpoint: a kNN preset
+              ('k20_t0.07'), '<k>-shot', '<n>/class' (label count), ...
+  metric      'top1', 'top5' (more than 5 classes), 'top1@<level>' (granularity: the
+              prediction mapped to its config.groupings group), ...
+  split       'val' or 'test'
+  value       the number (a fraction for accuracies)
+  count       examples scored
+  baseline    the random-init twin's value of the same (evaluator, endpoint, variant,
+              metric, split), or None; gain: value - baseline, or None
+  note        a short human summary of the chosen settings (the table's last column)
+  warnings    [str]: the solver's degenerate-feature / unconverged-point lines
+  detail      (some rows) the results[<evaluator>] key holding the historic dict
+  ...         the evaluator's settings, flat (solver, weight_decay, epochs, converged,
+              labels_per_class, k, temperature, shots, lr, ...)
+results[<evaluator>] holds each evaluator's details (for the standard instances the
+historic dicts: results['linear'][endpoint], results['knn'][preset][endpoint], ...);
+results['baseline'][<evaluator>] the twin's; results['baseline']['bn_stats'] how the
+twin's BatchNorm statistics were obtained.
 
 TensorFlow is imported only by the TFDS source, lazily; `evaluate_arrays` runs the
 whole evaluation on numpy arrays without it.
@@ -17,21 +46,20 @@ whole evaluation on numpy arrays without it.
 import functools
 import json
 import logging
-import math
 import os
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax.evaluation import features
-from ssl_jax.evaluation import knn
-from ssl_jax.evaluation import linear
-from ssl_jax.evaluation import lowshot
+from ssl_jax.data import axes
 from ssl_jax.data import sources
+from ssl_jax.evaluation import evaluators
+from ssl_jax.evaluation import features
+from ssl_jax.evaluation import labels as labels_lib
 from ssl_jax.evaluation import pooling
-from ssl_jax.evaluation import solvers
 
 # Size-like values of a linear-evaluation config: key -> (minimum, special values).
 EVAL_SIZES = {
@@ -39,7 +67,7 @@ EVAL_SIZES = {
     'checkpoint_step': (0, (-1,)), 'data.image_size': (1, ()), 'data.num_classes': (1, ()),
     'input.shuffle_buffer': (1, ()), 'input.prefetch': (0, ()), 'eval.views': (1, ()),
     'eval.target_dims': (1, ()), 'eval.max_train_examples': (1, (-1,)),
-    'eval.lbfgs_iters': (1, ()), 'model.width': (1, ()),
+    'eval.lbfgs_iters': (1, ()), 'eval.bn_batches': (1, ()), 'model.width': (1, ()),
     'train.batch_size': (1, ()), 'train.epochs': (1, ()), 'train.eval_every': (1, ()),
     'train.eval_batch_size': (1, ()), 'train.mlp_hidden': (1, ()),
     'train.max_decays': (0, ()), 'train.seed': (0, ()),
@@ -49,24 +77,35 @@ EVAL_SIZES = {
 MODES = ('cached', 'faithful')
 SOLVERS = ('sgd', 'lbfgs', 'ridge')
 SPLITS = ('train', 'val', 'test')
+BN_STATS = ('best', 'trained', 'reestimate')
+BASELINE_BN = ('best', 'init', 'reestimate')
+# 'best': both kinds of statistics, per result group the better on val (`evaluate_bn`).
+BN_OPTIONS = {'trunk': ('trained', 'reestimate'), 'twin': ('init', 'reestimate')}
 
 
 # ----------------------------------------------------------------------------- config
 
 
 def validate(config):
-  """ValueError naming the key, value and what is allowed, before anything compiles."""
+  """ValueError naming the key, value and what is allowed, before anything compiles.
+
+  Returns:
+    the enabled evaluators of config.evals (built: their sections are valid).
+  """
   def allowed(key, value, choices):
     if value not in choices:
       raise ValueError(f'config.{key}={value!r} is not allowed; allowed: {list(choices)}')
   from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
-  config_lib.check_sizes(config, EVAL_SIZES, error=ValueError)
+  config_lib.check_sizes(config, {k: v for k, v in EVAL_SIZES.items()
+                                  if k.split('.')[0] in config}, error=ValueError)
   e = config.eval
   allowed('eval.mode', e.mode, MODES)
   allowed('eval.solver', e.solver, SOLVERS)
   allowed('eval.pool_mode', e.pool_mode, pooling.MODES)
   allowed('eval.patch_combine', e.patch_combine, ('avg', 'max', 'concat'))
   allowed('eval.cache_dtype', e.cache_dtype, ('float32', 'bfloat16'))
+  allowed('eval.bn_stats', e.bn_stats, BN_STATS)
+  allowed('eval.baseline_bn', e.baseline_bn, BASELINE_BN)
   allowed('data.source', config.data.source, ('tfds', 'in_memory', 'synthetic'))
   if e.mode == 'faithful' and jax.process_count() > 1:
     raise ValueError("config.eval.mode='faithful' runs on one process (its heads train on "
@@ -75,31 +114,14 @@ def validate(config):
   if e.mode == 'faithful' and e.solver != 'sgd':
     raise ValueError(f"config.eval.solver={e.solver!r} needs cached features; the "
                      "faithful mode trains with 'sgd'")
-  for i, k in enumerate(config.lowshot.shots):
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-      raise ValueError(f'config.lowshot.shots[{i}]={k!r} must be an integer >= 1')
   if not config.data.val_split:
     raise ValueError('config.data.val_split is empty: model selection needs a held-out '
                      'validation split carved from train (never the test split)')
   if config.data.val_split == config.data.test_split:
     raise ValueError(f'config.data.val_split == test_split ({config.data.test_split!r}): '
                      'selection on the test split is not allowed')
-  linear.make_config(config.train)  # Unknown keys / values fail here.
-  if config.mlp.enabled:
-    linear.make_config(config.train, **config.mlp.train.to_dict())
-  for p in config.knn.presets:
-    allowed('knn.presets[]', p, sorted(knn.PRESETS))
-
-
-def _names(spec, available):
-  if not spec:
-    return [n for n in available if n != 'logits']
-  names = [s.strip() for s in spec.split(',') if s.strip()]
-  for n in names:
-    if n not in available:
-      raise ValueError(f'endpoint {n!r} is not an endpoint of this trunk; allowed: '
-                       f'{list(available)}')
-  return names
+  labels_lib.check_groupings(config.get('groupings'), config.data.num_classes)
+  return evaluators.build_all(config, config.evals)
 
 
 # ----------------------------------------------------------------------------- trunk
@@ -178,11 +200,11 @@ def make_source(config, pp_train, pp_eval, arrays=None):
   if arrays is None and config.data.source == 'synthetic':
     arrays = synthetic_arrays(config)
   if arrays is None and config.data.source == 'in_memory':
-    import input_pipeline  # pylint: disable=g-import-not-at-top
-    arrays = {s: input_pipeline.load_arrays(config, s) for s in SPLITS}
+    arrays = {s: axes.load_split(config, s) for s in SPLITS}
   n_max = config.eval.max_train_examples
   if arrays is not None:
-    arrays = dict(arrays)
+    # data.subset here is the label-quantity axis (nested subsets of the train split).
+    arrays = axes.apply(config, dict(arrays))
     if n_max > 0:
       arrays['train'] = tuple(a[:n_max] for a in arrays['train'])
     return sources.ArraySource(arrays, pp_train, pp_eval, seed=config.seed)
@@ -190,21 +212,6 @@ def make_source(config, pp_train, pp_eval, arrays=None):
   with pcfg.unlocked():
     pcfg.input.pp_train, pcfg.input.pp_eval = pp_train, pp_eval
   return sources.TfdsSource(pcfg)
-
-
-def view_batches(source, split, batch_size, seed):
-  """One augmented view of a split: ceil(N / batch) train-preprocessed batches.
-
-  Rows come shuffled (with their labels); the last batch is masked to N rows total.
-  """
-  n = source.num_examples(split)
-  it = source.train_batches(split, batch_size, seed=seed)
-  for s in range(math.ceil(n / batch_size)):
-    b = dict(next(it))
-    local = len(b['mask'])  # this process's rows of the global batch
-    first = s * batch_size + jax.process_index() * local
-    b['mask'] = b['mask'] & (first + np.arange(local) < n)
-    yield b
 
 
 def synthetic_arrays(config):
@@ -219,63 +226,6 @@ def synthetic_arrays(config):
   return out
 
 
-# ----------------------------------------------------------------------------- run
-
-
-def run(config, workdir, *, arrays=None):
-  """The job: evaluates config.pretrained's trunk; writes workdir/results.json.
-
-  With config.eval.random_init_baseline (and a pretrained trunk) the same evaluation
-  (architecture, evaluation input, features, probe, seeds) also runs on a randomly
-  initialised trunk; results['baseline'] holds it and every row gets `baseline_top1`
-  and `gain` (test top-1 minus the baseline's).
-
-  Args:
-    config: a configs/linear_eval.py config.
-    workdir: output directory (results.json, TensorBoard events).
-    arrays: optional {'train'|'val'|'test': (u8 images, labels)}: no TFDS needed.
-  Returns:
-    the results dict (as written to results.json).
-  """
-  from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
-  chief = jax.process_index() == 0
-  with config_lib.startup_errors():  # one-line errors, before anything compiles
-    validate(config)
-    trunk, source, (pp_train, pp_eval) = trunk_and_source(config, arrays)
-    if isinstance(source, sources.TfdsSource):
-      source.check()
-    sources.check_labels(config, source)
-    if chief:
-      os.makedirs(workdir, exist_ok=True)
-  # Every process computes the whole split's numbers (features are gathered across
-  # processes); only the first one writes files.
-  writer = _make_writer(workdir) if chief else None
-  results = evaluate_with_baseline(config, trunk, source, writer=writer)
-  results['preprocessing'] = {'train': pp_train, 'eval': pp_eval}
-  if chief:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2, sort_keys=True)
-    print(format_table(results), flush=True)
-    logging.info('linear evaluation: results in %s', os.path.join(workdir, 'results.json'))
-    write_final_scalars(writer, results)
-    if writer is not None:
-      writer.flush()
-  return results
-
-
-def evaluate_arrays(config, arrays, *, trunk=None, writer=None):
-  """The whole evaluation on numpy arrays (no TensorFlow), e.g. on the GPU machine.
-
-  Args:
-    config: a configs/linear_eval.py config (data.* splits are ignored).
-    arrays: {'train'|'val'|'test': (u8[N,H,W,3], int[N])}.
-    trunk: optional `load_trunk`-style dict (default: from config.pretrained).
-    writer: optional clu metric writer.
-  """
-  validate(config)
-  trunk, source, _ = trunk_and_source(config, arrays, trunk)
-  return evaluate_with_baseline(config, trunk, source, writer=writer)
-
 
 def random_twin(config, trunk, image_shape):
   """A randomly initialised trunk of `trunk`'s architecture and evaluation input."""
@@ -286,27 +236,6 @@ def random_twin(config, trunk, image_shape):
     cfg.model = ml_collections.ConfigDict(trunk['model_config'])
   return load_trunk(cfg, image_shape=image_shape, eval_input=trunk['eval_input'])
 
-
-def evaluate_with_baseline(config, trunk, source, *, writer=None):
-  """`evaluate`, plus the random-init baseline when config.eval.random_init_baseline."""
-  results = evaluate(config, trunk, source, writer=writer)
-  if not (config.eval.get('random_init_baseline', False) and trunk['task'] != 'random_init'):
-    return results
-  logging.info('random-init baseline: the same evaluation on a random %s trunk',
-               trunk['name'])
-  twin = random_twin(config, trunk, source.image_shape(train=False))
-  base = evaluate(config, twin, source, writer=None)
-  results['baseline'] = {k: base[k] for k in ('linear', 'mlp', 'knn', 'lowshot', 'timing')}
-  results['baseline']['what'] = ('random-init trunk: same architecture, evaluation input, '
-                                 'features, probe and seeds')
-  pairs = [(results[k], base[k]) for k in ('linear', 'mlp')]
-  pairs += [(rows, base['knn'].get(preset, {})) for preset, rows in results['knn'].items()]
-  for rows, refs in pairs:
-    for name, row in rows.items():
-      if name in refs:
-        row['baseline_top1'] = refs[name]['top1']
-        row['gain'] = row['top1'] - refs[name]['top1']
-  return results
 
 
 def trunk_and_source(config, arrays=None, trunk=None):
@@ -319,6 +248,7 @@ def trunk_and_source(config, arrays=None, trunk=None):
   if trunk is None:
     trunk = load_trunk(config, image_shape=source.image_shape(train=False))
   return trunk, source, pp
+
 
 
 def extract_fn(config, trunk, endpoints, dtype=None):
@@ -345,62 +275,32 @@ def split_sizes(config, source):
   return sizes
 
 
-def evaluate(config, trunk, source, *, writer=None):
-  """Trains/selects/scores every head; returns the results dict."""
-  e = config.eval
-  names = _names(e.endpoints, trunk['endpoints'])
-  eval_input = trunk['eval_input']
-  make_fn = functools.partial(extract_fn, config, trunk)
-  variables = jax.device_put(trunk['variables'])
-  image_shape = source.image_shape(train=False)
-  dims = features.feature_dims(make_fn(names), variables, image_shape)
-  for section in ('mlp', 'knn', 'lowshot'):  # Typos fail now, not after training.
-    if config[section].enabled:
-      _names(config[section].endpoints, list(dims))
-  sizes = split_sizes(config, source)
-  num_classes = config.data.num_classes
-  logging.info('trunk %s (%s), endpoints %s, pooled dims %s, splits %s', trunk['name'],
-               trunk['task'], names, dims, sizes)
-  results = {
-      'pretrained': config.pretrained or None, 'pretext_task': trunk['task'],
-      'model': trunk['model_config'], 'dataset': config.data.name,
-      'splits': {s: config.data[f'{s}_split'] for s in SPLITS},
-      'source': ('tfds' if isinstance(source, sources.TfdsSource)
-                 else 'arrays (data.*_split not applied)'),
-      'num_examples': sizes, 'mode': e.mode, 'solver': e.solver,
-      'pool_mode': e.pool_mode, 'target_dims': e.target_dims,
-      'trunk_input': eval_input.kind, 'image_shape': list(image_shape),
-      'dims': dims, 'linear': {}, 'mlp': {}, 'knn': {}, 'lowshot': {}, 'timing': {},
-      'device': f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind} '
-                f'x{jax.device_count()}',
-  }
-  t0 = time.perf_counter()
-  if e.mode == 'faithful':
-    _faithful(config, make_fn(names, jnp.float32), variables, source, dims, sizes,
-              num_classes, results, writer)
-    extra = sorted(set(_aux_endpoints(config, dims)))
-    if extra:
-      _cached(config, make_fn, extra, variables, source, sizes, num_classes, results,
-              writer, linear_heads=False)
-  else:
-    bytes_per = 2 if e.cache_dtype == 'bfloat16' else 4
-    rows = sizes['train'] * e.views + sizes['val'] + sizes['test']
-    for group in plan_groups(dims, rows, bytes_per, e.max_cache_gb):
-      _cached(config, make_fn, group, variables, source, sizes, num_classes, results,
-              writer, linear_heads=True)
-  results['timing']['total_s'] = time.perf_counter() - t0
-  return results
+def bn_statistics(config, trunk, source, bn):
+  """(variables, description): the trunk's variables with the BN statistics `bn` asks for.
 
+  bn: 'trained' / 'init' (the statistics the trunk has: a checkpoint's moving averages,
+  a random trunk's initial mean 0 / variance 1) or 'reestimate' (population statistics
+  of the train split's first config.eval.bn_batches batches of eval_batch_size images
+  under the evaluation preprocessing, `features.reestimate_batch_stats`; weights as they are).
+  """
+  if bn == 'best':  # (one set of statistics wanted, e.g. a notebook's cache: the own)
+    bn = 'trained'
+  if bn != 'reestimate' or not trunk['variables'].get('batch_stats'):
+    kind = 'initial (mean 0, variance 1)' if trunk['task'] == 'random_init' else (
+        "the checkpoint's moving averages")
+    return trunk['variables'], {'method': bn, 'what': kind}
+  t = time.perf_counter()
+  variables, used = features.reestimate_batch_stats(
+      trunk['model'], trunk['variables'],
+      source.eval_batches('train', config.eval_batch_size),
+      num_batches=config.eval.bn_batches, eval_input=trunk['eval_input'], seed=config.seed)
+  seconds = time.perf_counter() - t
+  logging.info('BN statistics of the %s trunk re-estimated on %d train images in %.1fs',
+               trunk['task'], used, seconds)
+  return variables, {'method': 'reestimate', 'images': used, 'seconds': seconds,
+                     'what': f'population statistics of {used} train-split images '
+                             '(evaluation preprocessing), weights unchanged'}
 
-def _aux_endpoints(config, dims):
-  out = []
-  if config.mlp.enabled:
-    out += _names(config.mlp.endpoints, list(dims))
-  if config.knn.enabled:
-    out += _names(config.knn.endpoints, list(dims))
-  if config.lowshot.enabled:
-    out += _names(config.lowshot.endpoints, list(dims))
-  return out
 
 
 def plan_groups(dims, rows, bytes_per_value, max_gb):
@@ -428,207 +328,422 @@ def plan_groups(dims, rows, bytes_per_value, max_gb):
   return groups
 
 
-# ----------------------------------------------------------------------------- cached
+
+# ----------------------------------------------------------------------------- run
 
 
-def _extract_split(config, fn, variables, source, split, n, jit_fn):
-  """Features and labels of the whole split, on every process.
+def run(config, workdir, *, arrays=None):
+  """The job: evaluates config.pretrained's trunk; writes workdir/results.json.
 
-  Each process extracts its own contiguous share (every process runs the same number
-  of padded batches), then the shares are gathered in process order: the result is
-  the single-process one, whatever the number of processes.
+  Args:
+    config: a configs/linear_eval.py config.
+    workdir: output directory (results.json, TensorBoard events, fine-tuning runs).
+    arrays: optional {'train'|'val'|'test': (u8 images, labels)}: no TFDS needed.
+  Returns:
+    the results dict (as written to results.json).
+  Raises:
+    config_lib.ConfigError (one line) for a bad config, missing data or checkpoint, or
+    an output path that cannot be written, before any work.
   """
-  batches = source.eval_batches(split, config.eval_batch_size)
-  count = jax.process_count()
-  x, y = features.extract(fn, variables, batches,
-                          num_examples=None if count > 1 else n, jit_fn=jit_fn,
-                          stop_when_full=config.eval.max_train_examples > 0 and count == 1)
-  if count > 1:
-    x, y = features.gather_processes(x, y)
-    if n is not None:
-      x, y = {k: v[:n] for k, v in x.items()}, y[:n]
-  return x, y
+  from ssl_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from ssl_jax import config_lib  # pylint: disable=g-import-not-at-top
+  chief = jax.process_index() == 0
+  with config_lib.startup_errors():  # one-line errors, before anything compiles
+    evs = validate(config)
+    if chief:
+      check_outputs(workdir)
+    trunk, source, (pp_train, pp_eval) = trunk_and_source(config, arrays)
+    if isinstance(source, sources.TfdsSource):
+      source.check()
+    sources.check_labels(config, source)
+    raw = raw_arrays(config, arrays)
+    check_evaluators(config, evs, trunk, source, raw)
+    # One job per workdir (checkpoint.lock_workdir): a second evaluation, or a pretext
+    # run, on this workdir fails here, naming the holder, instead of overwriting it.
+    lock = checkpoint.lock_workdir(workdir)
+  with lock:
+    # Every process computes the whole split's numbers (features are gathered across
+    # processes); only the first one writes files.
+    writer = _make_writer(workdir) if chief else None
+    results = evaluate_with_baseline(config, trunk, source, writer=writer, evals=evs,
+                                     workdir=workdir, arrays=raw)
+    results['preprocessing'] = {'train': pp_train, 'eval': pp_eval}
+    if chief:
+      with open(os.path.join(workdir, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+      print(format_table(results), flush=True)
+      logging.info('evaluation: results in %s', os.path.join(workdir, 'results.json'))
+      write_final_scalars(writer, results)
+      if writer is not None:
+        writer.flush()
+  return results
 
 
-def _cached(config, make_fn, group, variables, source, sizes, num_classes, results,
-            writer, linear_heads):
-  """Extracts the group's features once, then trains/scores every head on them."""
+def evaluate_arrays(config, arrays, *, trunk=None, writer=None, workdir=None):
+  """The whole evaluation on numpy arrays (no TensorFlow), e.g. on the GPU machine.
+
+  Args:
+    config: a configs/linear_eval.py config (data.* splits are ignored).
+    arrays: {'train'|'val'|'test': (u8[N,H,W,3], int[N])}.
+    trunk: optional `load_trunk`-style dict (default: from config.pretrained).
+    writer: optional clu metric writer.
+    workdir: where evaluators that train networks keep their runs (default: a
+      temporary directory, removed at the end).
+  """
+  evs = validate(config)
+  trunk, source, _ = trunk_and_source(config, arrays, trunk)
+  raw = raw_arrays(config, arrays)
+  check_evaluators(config, evs, trunk, source, raw)
+  return evaluate_with_baseline(config, trunk, source, writer=writer, evals=evs,
+                                workdir=workdir, arrays=raw)
+
+
+def check_outputs(workdir):
+  """OSError / ValueError (one line) unless workdir and workdir/results.json can be
+  written: checked before any work (a results.json path that is a directory used to
+  fail only after the whole evaluation)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'--workdir {workdir} exists and is not a directory')
+  os.makedirs(workdir, exist_ok=True)
+  out = os.path.join(workdir, 'results.json')
+  if os.path.isdir(out):
+    raise ValueError(f'{out} is a directory; the evaluation writes its results there '
+                     '(remove it or choose another --workdir)')
+  try:
+    fd, probe = tempfile.mkstemp(prefix='.write_probe_', dir=workdir)
+    os.close(fd)
+    os.remove(probe)
+    if os.path.exists(out):
+      with open(out, 'a'):
+        pass
+  except OSError as e:
+    raise OSError(f'cannot write the evaluation outputs in {workdir}: {e}') from None
+
+
+def raw_arrays(config, arrays):
+  """split -> (u8 images, labels) of the decoded splits (train capped as evaluated),
+  loaded on first use and kept; for evaluators that train networks (fine-tuning)."""
+  memo = {}
+
+  def get(split):
+    if split not in memo:
+      if arrays is not None:
+        images, labels = arrays[split]
+      elif config.data.source == 'synthetic':
+        images, labels = synthetic_arrays(config)[split]
+      else:
+        import input_pipeline  # pylint: disable=g-import-not-at-top
+        images, labels = input_pipeline.load_arrays(config, split)
+      n = config.eval.max_train_examples
+      if split == 'train' and n > 0:
+        images, labels = images[:n], labels[:n]
+      memo[split] = (np.asarray(images), np.asarray(labels, np.int32))
+    return memo[split]
+  return get
+
+
+def context(config, trunk, source, *, writer=None, workdir=None, arrays=None,
+            baseline=False):
+  """The `evaluators.Context` of one pass (the trunk's variables as given)."""
+  return evaluators.Context(
+      config=config, trunk=trunk, source=source, num_classes=config.data.num_classes,
+      groupings=labels_lib.check_groupings(config.get('groupings'),
+                                           config.data.num_classes),
+      seed=config.seed, workdir=workdir, baseline=baseline, writer=writer, arrays=arrays,
+      sizes=split_sizes(config, source))
+
+
+def check_evaluators(config, evs, trunk, source, arrays):
+  """Every evaluator's data-dependent checks (label counts, levels, endpoints), before
+  any compile."""
+  ctx = context(config, trunk, source, arrays=arrays)
+  names = evaluators.endpoint_list(config.eval.endpoints, trunk['endpoints'],
+                                   'eval.endpoints')
+  available = names + [n + features.GAP_SUFFIX for n in names] if config.eval.global_avg \
+      else names
+  for ev in evs:
+    ev.endpoints(available)
+    ev.check(ctx)
+
+
+def evaluate_with_baseline(config, trunk, source, *, writer=None, evals=None,
+                           workdir=None, arrays=None):
+  """`evaluate`, plus the random-init baseline when config.eval.random_init_baseline.
+
+  The baseline is the same evaluation (architecture, evaluation input, features,
+  evaluators, seeds) of a randomly initialised trunk (`random_twin`) whose BatchNorm
+  statistics are config.eval.baseline_bn's: 'best' (default: both kinds, chosen per row
+  group on val, as config.eval.bn_stats='best' does for the trained trunk: `evaluate_bn`),
+  'init' (mean 0, variance 1) or 'reestimate' (population statistics of train images).
+  results['baseline'] holds its details; every row gets `baseline` and `gain`.
+  """
+  evs = validate(config) if evals is None else evals
+  results = evaluate_bn(config, trunk, source, evs, config.eval.bn_stats, writer=writer,
+                        workdir=workdir, arrays=arrays)
+  if not (config.eval.get('random_init_baseline', False) and trunk['task'] != 'random_init'):
+    return results
+  logging.info('random-init baseline: the same evaluation on a random %s trunk',
+               trunk['name'])
+  twin = random_twin(config, trunk, source.image_shape(train=False))
+  base = evaluate_bn(config, twin, source, evs, config.eval.baseline_bn, baseline=True,
+                     workdir=workdir, arrays=arrays)
+  results['baseline'] = {name: base[name] for name, _ in evaluators.sections(config.evals)}
+  results['baseline'].update(timing=base['timing'], bn_stats=base['bn_stats'], what=(
+      'random-init trunk: same architecture, evaluation input, features, evaluators and '
+      f"seeds; BatchNorm statistics: {base['bn_stats']['what']}"))
+  merge_baseline(results, base)
+  return results
+
+
+def _group_key(r):
+  return (r['evaluator'], r['endpoint'], r['variant'])
+
+
+def evaluate_bn(config, trunk, source, evs, bn, *, baseline=False, **kwargs):
+  """`evaluate` with BatchNorm statistics `bn`; bn='best': once per kind of statistics
+  (BN_OPTIONS: the trunk's own, then re-estimated on train images) and, per result group
+  (evaluator, endpoint, variant), the rows of the pass whose val top-1 is higher (ties
+  and groups without a val row: the first kind). Test numbers never take part in the
+  choice. Evaluators that read no cached features (fine-tuning, the faithful probe)
+  run once, with the first kind. Every row gets `bn` (the kind used); results['bn_stats']
+  says what was compared and what was chosen.
+
+  Why (measured, README "Linear evaluation"): on CIFAR-10 a random VGG19-BN twin with
+  its initial statistics (mean 0, variance 1) beats the same twin with data statistics
+  by 5-6 points at block5 / fc6 / pre-logits and loses by 1-2 at block2 / block3; no
+  single kind is the strongest baseline at every layer, so both sides get the same
+  choice, made on val.
+  """
+  if bn != 'best':
+    return evaluate(config, trunk, source, evs, bn=bn, baseline=baseline, **kwargs)
+  first, second = BN_OPTIONS['twin' if baseline or trunk['task'] == 'random_init'
+                             else 'trunk']
+  a = evaluate(config, trunk, source, evs, bn=first, baseline=baseline, **kwargs)
+  cached = [ev for ev in evs if ev.endpoints(list(a['dims']))]
+  b = evaluate(config, trunk, source, cached, bn=second, baseline=baseline, **kwargs)
+
+  def val_top1(res):
+    return {_group_key(r): r['value'] for r in res['rows']
+            if r['split'] == 'val' and r['metric'] == 'top1'}
+  va, vb = val_top1(a), val_top1(b)
+  groups_b = {}
+  for r in b['rows']:
+    groups_b.setdefault(_group_key(r), []).append(r)
+  chosen, out = {}, []
+  for r in a['rows']:
+    g = _group_key(r)
+    if g not in chosen:
+      chosen[g] = second if (g in va and g in vb and vb[g] > va[g] and g in groups_b) else first
+      if chosen[g] == second:
+        for rb in groups_b[g]:
+          out.append(dict(rb, bn=second))
+          _copy_detail(b, a, rb)
+    if chosen[g] == first:
+      out.append(dict(r, bn=first))
+  a['rows'] = out
+  a['timing'] = {k: a['timing'].get(k, 0.0) + b['timing'].get(k, 0.0)
+                 for k in set(a['timing']) | set(b['timing'])}
+  picks = {' / '.join(x for x in g if x): kind for g, kind in chosen.items()}
+  a['bn_stats'] = {
+      'method': 'best', 'options': {first: a['bn_stats'], second: b['bn_stats']},
+      'chosen': picks,
+      'what': (f"per row group the better on val of {a['bn_stats']['what']} and "
+               f"{b['bn_stats']['what']} ({sum(k == second for k in picks.values())} of "
+               f'{len(picks)} groups took the re-estimated ones)')}
+  return a
+
+
+def _copy_detail(src, dst, row):
+  """Copies the historic detail dict a row names (row['detail']) from src to dst."""
+  path = row.get('detail')
+  if path is None:
+    return
+  path = list(path) if isinstance(path, (list, tuple)) else [path]
+  s, d = src.get(row['evaluator']), dst.setdefault(row['evaluator'], {})
+  for k in path[:-1]:
+    if not isinstance(s, dict) or k not in s:
+      return
+    s, d = s[k], d.setdefault(k, {})
+  if isinstance(s, dict) and path[-1] in s:
+    d[path[-1]] = s[path[-1]]
+
+
+def _row_key(r):
+  return (r['evaluator'], r['endpoint'], r['variant'], r['metric'], r['split'])
+
+
+def merge_baseline(results, base):
+  """Adds `baseline` and `gain` to results' rows from the twin's rows (same key), and
+  baseline_top1 / gain to the historic detail dicts the test top-1 rows name."""
+  ref = {_row_key(r): r['value'] for r in base['rows']}
+  for r in results['rows']:
+    b = ref.get(_row_key(r))
+    r['baseline'] = b
+    r['gain'] = None if b is None else r['value'] - b
+    path = r.get('detail')
+    if b is not None and path is not None and r['metric'] == 'top1' and r['split'] == 'test':
+      node = results[r['evaluator']]
+      for k in (path if isinstance(path, (list, tuple)) else [path]):
+        node = node.get(k, {}) if isinstance(node, dict) else {}
+      if isinstance(node, dict) and node:
+        node['baseline_top1'] = b
+        node['gain'] = r['value'] - b
+
+
+def evaluate(config, trunk, source, evals=None, *, writer=None, bn='trained',
+             baseline=False, workdir=None, arrays=None):
+  """One pass of every evaluator over `trunk`; returns the results dict (no baseline).
+
+  bn: the BatchNorm statistics to use ('trained'/'init': the trunk's; 'reestimate':
+  `bn_statistics`). baseline: this is the twin's pass (evaluators label and place
+  their outputs accordingly).
+  """
   e = config.eval
-  gap = features.GAP_SUFFIX
-  fn = make_fn(sorted({n[:-len(gap)] if n.endswith(gap) else n for n in group}))
-  jit_fn = jax.jit(fn)
-  t = time.perf_counter()
-  train_x, train_y = _extract_split(config, fn, variables, source, 'train',
-                                    sizes['train'], jit_fn)
-  views_x, views_y = [train_x], [train_y]
-  for v in range(1, e.views if linear_heads else 1):
-    batches = view_batches(source, 'train', config.eval_batch_size,
-                           seed=config.seed + 1000 * v)
-    if jax.process_count() > 1:
-      x, y = features.gather_processes(*features.extract(fn, variables, batches,
-                                                         jit_fn=jit_fn))
-    else:
-      x, y = features.extract(fn, variables, batches, num_examples=sizes['train'],
-                              jit_fn=jit_fn)
-    views_x.append(x)
-    views_y.append(y)
-  val_x, val_y = _extract_split(config, fn, variables, source, 'val', None, jit_fn)
-  test_x, test_y = _extract_split(config, fn, variables, source, 'test', None, jit_fn)
-  n_imgs = sizes['train'] * len(views_x) + len(val_y) + len(test_y)
-  ext_s = time.perf_counter() - t
-  timing = results['timing']
-  timing['extract_s'] = timing.get('extract_s', 0.0) + ext_s
-  timing['extract_images_per_s'] = n_imgs / max(ext_s, 1e-9)
-  logging.info('extracted %s for %d images in %.1fs', group, n_imgs, ext_s)
-
-  names = sorted(train_x)
-  views = len(views_x)
-  if views > 1:
-    dev_train = {k: jnp.asarray(np.concatenate([vx[k] for vx in views_x])) for k in names}
-    train_labels = np.concatenate(views_y)
-  else:
-    dev_train = {k: jnp.asarray(train_x[k]) for k in names}
-    train_labels = train_y
-  dev_val = {k: jnp.asarray(val_x[k]) for k in names}
-  dev_test = {k: jnp.asarray(test_x[k]) for k in names}
-  del views_x
-
-  if linear_heads:
-    res = _train_cached_heads(config, config.train, dev_train, train_labels, dev_val,
-                              val_y, num_classes, views, writer, 'linear')
-    _record(results, 'linear', res, dev_test, test_y, 'linear', e.mode, e.solver)
-    timing['train_linear_s'] = timing.get('train_linear_s', 0.0) + res['seconds']
-  n = sizes['train']
-  if config.mlp.enabled:
-    mlp_names = _subset(config.mlp.endpoints, names)
-    if mlp_names:
-      mcfg = linear.make_config(config.train, **config.mlp.train.to_dict())
-      res = linear.train_cached({k: dev_train[k] for k in mlp_names}, train_labels,
-                                {k: dev_val[k] for k in mlp_names}, val_y,
-                                num_classes=num_classes, cfg=mcfg, views=views,
-                                log_fn=_log_fn(writer, 'mlp'))
-      _record(results, 'mlp', res, dev_test, test_y, 'mlp', 'cached', 'sgd')
-      timing['train_mlp_s'] = timing.get('train_mlp_s', 0.0) + res['seconds']
-  if config.knn.enabled:
-    for k_name in _subset(config.knn.endpoints, names):
-      for preset in config.knn.presets:
-        k, temp = knn.PRESETS[preset]
-        out = {}
-        for split, qx, qy in (('val', val_x, val_y), ('test', test_x, test_y)):
-          out[split] = knn.knn_accuracy(
-              train_x[k_name][:n].astype(np.float32), train_y[:n],
-              qx[k_name].astype(np.float32), qy, num_classes=num_classes, k=k,
-              temperature=temp)
-        results['knn'].setdefault(preset, {})[k_name] = {
-            'top1': out['test']['top1'], 'top5': out['test']['top5'], 'split': 'test',
-            'count': out['test']['count'], 'val_top1': out['val']['top1'],
-            'k': k, 'temperature': temp}
-  if config.lowshot.enabled:
-    for l_name in _subset(config.lowshot.endpoints, names):
-      t = time.perf_counter()
-      res = lowshot.evaluate(train_x[l_name][:n].astype(np.float32), train_y[:n],
-                             test_x[l_name].astype(np.float32), test_y,
-                             num_classes=num_classes, shots=tuple(config.lowshot.shots),
-                             samples=config.lowshot.samples, seed=config.seed)
-      results['lowshot'][l_name] = {'split': 'test', 'selection': 'leave-one-out CV '
-                                    'inside each low-shot sample',
-                                    'shots': {str(k): v for k, v in res.items()}}
-      timing['lowshot_s'] = timing.get('lowshot_s', 0.0) + time.perf_counter() - t
-
-
-def _subset(spec, names):
-  """The endpoints of spec ('' = all) that are among names (this group's)."""
-  if not spec:
-    return list(names)
-  return [n.strip() for n in spec.split(',') if n.strip() in names]
-
-
-def _train_cached_heads(config, train_cfg, dev_train, train_labels, dev_val, val_y,
-                        num_classes, views, writer, prefix):
-  """Runs config.eval.solver on the cached features (full-batch solvers: one view)."""
-  solver = config.eval.solver
-  if solver != 'sgd' and views > 1:
-    raise ValueError(f'config.eval.views={views} needs the sgd solver; {solver!r} '
-                     'fits one view')
-  if solver == 'lbfgs':
-    done = {}
-    grid = len(train_cfg['weight_decays'])
-
-    def progress(endpoint, info):  # one line per endpoint, once its L2 path is done
-      done.setdefault(endpoint, []).append(info)
-      if len(done[endpoint]) == grid:
-        path = done[endpoint]
-        capped = [i['weight_decay'] for i in path if not i['converged']]
-        logging.info('%s probe %s: %d L2 points, %s L-BFGS iterations, %.1f s, %s', prefix,
-                     endpoint, grid, '/'.join(str(i['iters']) for i in path),
-                     sum(i['seconds'] for i in path),
-                     f'NOT converged at wd {capped} (iteration cap)' if capped
-                     else 'all converged')
-    return solvers.train_lbfgs(dev_train, train_labels, dev_val, val_y,
-                               num_classes=num_classes, cfg=train_cfg,
-                               iters=config.eval.lbfgs_iters, log_fn=progress)
-  if solver == 'ridge':
-    return solvers.train_ridge(dev_train, train_labels, dev_val, val_y,
-                               num_classes=num_classes, cfg=train_cfg)
-  return linear.train_cached(dev_train, train_labels, dev_val, val_y,
-                             num_classes=num_classes, cfg=train_cfg, views=views,
-                             log_fn=_log_fn(writer, prefix))
-
-
-def _record(results, key, res, dev_test, test_y, kind, mode, solver):
-  """Scores the selected heads on the test split (once) and stores the row."""
-  sel = res['selected']
-  scores, count = linear.score_cached(sel, dev_test, test_y, kind=kind,
-                                      stats=_stats_for(res['stats'], sel))
-  for name, s in sel.items():
-    results[key][name] = _row(s, scores[name], count, res, mode, solver)
-    if res.get('solver_info', {}).get(name) is not None:  # L-BFGS: per L2 point
-      results[key][name]['solver_info'] = [
-          {k: v for k, v in i.items() if k != 'values'} for i in res['solver_info'][name]]
-
-
-def _stats_for(stats, sel):
-  return None if stats is None else {n: stats[n] for n in sel}
-
-
-def _row(s, test, count, res, mode, solver):
-  return {
-      'top1': test['top1'], 'top5': test['top5'], 'split': 'test', 'count': count,
-      'val_top1': s['val_top1'], 'val_top5': s['val_top5'], 'val_split': 'val',
-      'epochs': s['epoch'], 'epochs_trained': res['epochs_trained'],
-      'stopped_early': res['stopped_early'], 'mode': mode, 'solver': solver,
-      'base_lr': s['base_lr'], 'weight_decay': s['weight_decay'], 'grid': s['grid'],
-      'standardize': bool(res['config']['standardize']),
+  evs = validate(config) if evals is None else evals
+  t0 = time.perf_counter()
+  variables, bn_info = bn_statistics(config, trunk, source, bn)
+  trunk = dict(trunk, variables=variables)
+  names = evaluators.endpoint_list(e.endpoints, trunk['endpoints'], 'eval.endpoints')
+  make_fn = functools.partial(extract_fn, config, trunk)
+  image_shape = source.image_shape(train=False)
+  dims = features.feature_dims(make_fn(names), variables, image_shape)
+  needs = {ev.name: ev.endpoints(list(dims)) for ev in evs}
+  wanted = [n for n in dims if any(n in v for v in needs.values())]
+  sizes = split_sizes(config, source)
+  ctx = context(config, trunk, source, writer=writer, workdir=workdir, arrays=arrays,
+                baseline=baseline)
+  ctx.timing['bn_s'] = bn_info.get('seconds', 0.0)
+  logging.info('trunk %s (%s), endpoints %s, pooled dims %s, splits %s', trunk['name'],
+               trunk['task'], names, dims, sizes)
+  results = {
+      'pretrained': config.pretrained or None, 'pretext_task': trunk['task'],
+      'model': trunk['model_config'], 'dataset': config.data.name,
+      'num_classes': config.data.num_classes,
+      'splits': {s: config.data[f'{s}_split'] for s in SPLITS},
+      'source': ('tfds' if isinstance(source, sources.TfdsSource)
+                 else 'arrays (data.*_split not applied)'),
+      'num_examples': sizes, 'mode': e.mode, 'solver': e.solver,
+      'pool_mode': e.pool_mode, 'target_dims': e.target_dims,
+      'trunk_input': trunk['eval_input'].kind, 'image_shape': list(image_shape),
+      'dims': dims, 'bn_stats': bn_info, 'timing': ctx.timing, 'rows': [],
+      'evaluators': {ev.name: {'type': ev.type, 'rank': ev.rank} for ev in evs},
+      'groupings': {k: [int(g) for g in v] for k, v in ctx.groupings.items()},
+      'device': f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind} '
+                f'x{jax.device_count()}',
   }
+  for name, _ in evaluators.sections(config.evals):
+    results[name] = {}  # (disabled ones too: readers of the historic keys find them)
+
+  def collect(ev, outputs):
+    for item in outputs:
+      if isinstance(item, tuple):
+        key, value = item
+        node = results[ev.name]
+        path = list(key) if isinstance(key, (list, tuple)) else [key]
+        for k in path[:-1]:
+          node = node.setdefault(k, {})
+        node[path[-1]] = value
+      else:
+        results['rows'].append(dict(item, evaluator=ev.name, type=ev.type))
+
+  bytes_per = 2 if e.cache_dtype == 'bfloat16' else 4
+  views = max([ev.views for ev in evs if needs[ev.name]] or [1])
+  rows = sizes['train'] * views + sizes['val'] + sizes['test']
+  if wanted:
+    for group in plan_groups({n: dims[n] for n in wanted}, rows, bytes_per, e.max_cache_gb):
+      gap = features.GAP_SUFFIX
+      roots = sorted({n[:-len(gap)] if n.endswith(gap) else n for n in group})
+      cache = build_cache(config, trunk, source, roots, views=views, sizes=sizes,
+                          make_fn=make_fn)
+      ctx.timing['extract_s'] = ctx.timing.get('extract_s', 0.0) + cache.seconds
+      ctx.timing['extract_images_per_s'] = cache.images / max(cache.seconds, 1e-9)
+      for ev in evs:
+        if any(n in cache.endpoints for n in needs[ev.name]):
+          collect(ev, ev.run(ctx, cache))
+      cache.release()
+  for ev in evs:
+    if not needs[ev.name]:
+      collect(ev, ev.run(ctx, None))
+  ctx.timing['total_s'] = time.perf_counter() - t0
+  return results
 
 
-# ----------------------------------------------------------------------------- faithful
+def build_cache(config, trunk, source, endpoints, *, views=1, sizes=None, make_fn=None):
+  """The `features.Cache` of `endpoints` under config.eval (pooling, dtype, train cap)."""
+  sizes = sizes or split_sizes(config, source)
+  fn = (make_fn or functools.partial(extract_fn, config, trunk))(endpoints)
+  return features.build_cache(
+      fn, jax.device_put(trunk['variables']), source, train_examples=sizes['train'],
+      batch_size=config.eval_batch_size, views=views, seed=config.seed,
+      capped=config.eval.max_train_examples > 0, trunk_input=trunk['eval_input'].kind)
 
 
-def _faithful(config, fn, variables, source, dims, sizes, num_classes, results, writer):
-  cfg = linear.make_config(config.train)
-  if config.eval.max_train_examples > 0 and isinstance(source, sources.TfdsSource):
-    raise ValueError('config.eval.max_train_examples needs the in-memory source in the '
-                     'faithful mode (the tf.data pipeline streams the whole split)')
-  steps = max(sizes['train'] // cfg['batch_size'], 1)
-  res = linear.train_faithful(
-      fn, variables, source.train_batches('train', cfg['batch_size'], seed=config.seed),
-      steps, lambda: source.eval_batches('val', config.eval_batch_size), dims=dims,
-      num_classes=num_classes, cfg=cfg, log_fn=_log_fn(writer, 'linear'))
-  scores, count = linear.score_faithful(
-      res['selected'], fn, variables, source.eval_batches('test', config.eval_batch_size),
-      kind=cfg['head'])
-  for name, s in res['selected'].items():
-    results['linear'][name] = _row(s, scores[name], count, res, 'faithful', 'sgd')
-  results['timing']['train_linear_s'] = res['seconds']
-  results['timing']['faithful_s_per_epoch'] = res['seconds_per_epoch']
+def cache(config, trunk=None, source=None, endpoints=None, *, views=1, bn=None,
+          arrays=None):
+  """The feature cache of a trunk, for notebooks and benchmarks.
+
+  Args:
+    config: a configs/linear_eval.py config (pretrained, data, eval.* pooling).
+    trunk, source: from `trunk_and_source(config, arrays)` when None.
+    endpoints: names ('' / None: config.eval.endpoints, all by default).
+    views: train views (1 + augmented ones).
+    bn: BatchNorm statistics ('trained' / 'reestimate'; default config.eval.bn_stats).
+  Returns:
+    a `features.Cache` of every split.
+  """
+  if trunk is None or source is None:
+    trunk, source, _ = trunk_and_source(config, arrays, trunk)
+  variables, _ = bn_statistics(config, trunk, source, bn or config.eval.bn_stats)
+  trunk = dict(trunk, variables=variables)
+  names = evaluators.endpoint_list(endpoints if isinstance(endpoints, str) else
+                                   ','.join(endpoints or ()), trunk['endpoints'],
+                                   'endpoints')
+  return build_cache(config, trunk, source, names, views=views)
 
 
 # ----------------------------------------------------------------------------- output
 
 
+def rows(results):
+  """The result rows of a results dict (results.json) as flat dicts (module docstring).
+
+  Results written before the rows existed (only the historic per-head sections) are
+  converted: linear / mlp rows from results[head][endpoint], kNN from
+  results['knn'][preset][endpoint], low-shot from results['lowshot'][endpoint]['shots'].
+  """
+  if 'rows' in results:
+    return [dict(r) for r in results['rows']]
+  out = []
+  base = results.get('baseline') or {}
+
+  def add(evaluator, kind, endpoint, variant, metric, split, value, ref=None, **extra):
+    out.append(dict(extra, evaluator=evaluator, type=kind, endpoint=endpoint,
+                    variant=variant, metric=metric, split=split, value=value, count=None,
+                    baseline=ref, gain=None if ref is None else value - ref, note='',
+                    warnings=[]))
+
+  for head, kind in (('linear', 'probe'), ('mlp', 'mlp')):
+    for name, r in (results.get(head) or {}).items():
+      ref = (base.get(head) or {}).get(name, {})
+      for metric, split, key in (('top1', 'test', 'top1'), ('top5', 'test', 'top5'),
+                                 ('top1', 'val', 'val_top1')):
+        if key in r:
+          add(head, kind, name, '', metric, split, r[key], ref.get(key),
+              weight_decay=r.get('weight_decay'), solver=r.get('solver'))
+  for preset, d in (results.get('knn') or {}).items():
+    for name, r in d.items():
+      ref = ((base.get('knn') or {}).get(preset) or {}).get(name, {})
+      add('knn', 'knn', name, preset, 'top1', 'test', r['top1'], ref.get('top1'))
+  for name, d in (results.get('lowshot') or {}).items():
+    for k, r in d.get('shots', {}).items():
+      ref = (((base.get('lowshot') or {}).get(name) or {}).get('shots') or {}).get(k, {})
+      add('lowshot', 'lowshot', name, f'{k}-shot', 'top1', 'test', r['top1_mean'],
+          ref.get('top1_mean'))
+  return out
+
+
 def _make_writer(workdir):
-  """TensorBoard events only: the console gets `_log_fn`'s progress lines instead of
+  """TensorBoard events only: the console gets the evaluators' progress lines instead of
   one line per scalar write (which printed every metric twice)."""
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
@@ -638,96 +753,106 @@ def _make_writer(workdir):
   return metric_writers.SummaryWriter(workdir)
 
 
-def _log_fn(writer, prefix, every_s=20.0):
-  """Progress callback: every evaluation to TensorBoard, a console line at most every
-  `every_s` seconds (hundreds of epochs make a progress line, not a wall)."""
-  last = [-float('inf')]
+def scalar_name(r, prefix=''):
+  """'<evaluator>/<prefix><split>_<metric>/<endpoint>[/<variant>]' of a row."""
+  tail = f"/{r['variant']}" if r['variant'] else ''
+  return f"{r['evaluator']}/{prefix}{r['split']}_{r['metric']}/{r['endpoint']}{tail}"
 
-  def log(epoch, row):
-    if writer is not None:
-      writer.write_scalars(epoch, {f'{prefix}/{k}': v for k, v in row.items()
-                                   if k != 'epoch'})
-    now = time.perf_counter()
-    if now - last[0] >= every_s:
-      last[0] = now
-      tops = [v for k, v in row.items() if k.startswith('val_top1/')]
-      losses = [v for k, v in row.items() if k.startswith('train_loss/')]
-      logging.info('%s probes: epoch %d, %d heads, best val top-1 %.4f, train loss %.3f..%.3f',
-                   prefix, epoch, len(tops), max(tops, default=float('nan')),
-                   min(losses, default=float('nan')), max(losses, default=float('nan')))
-  return log
+
+def scalars(results):
+  """{name: value} of every row, and of its baseline and gain (`scalar_name`)."""
+  out = {}
+  for r in rows(results):
+    out[scalar_name(r)] = r['value']
+    if r.get('baseline') is not None:
+      out[scalar_name(r, 'baseline_')] = r['baseline']
+      out[scalar_name(r, 'gain_')] = r['gain']
+  return out
 
 
 def write_final_scalars(writer, results):
-  if writer is None:
-    return
-  scalars = {}
-  for key in ('linear', 'mlp'):
-    for name, r in results[key].items():
-      scalars[f'{key}/test_top1/{name}'] = r['top1']
-      scalars[f'{key}/test_top5/{name}'] = r['top5']
-      scalars[f'{key}/val_top1/{name}'] = r['val_top1']
-      if 'gain' in r:
-        scalars[f'{key}/baseline_test_top1/{name}'] = r['baseline_top1']
-        scalars[f'{key}/gain/{name}'] = r['gain']
-  for preset, d in results['knn'].items():
-    for name, r in d.items():
-      scalars[f'knn_{preset}/test_top1/{name}'] = r['top1']
-  for name, d in results['lowshot'].items():
-    for k, r in d['shots'].items():
-      scalars[f'lowshot/test_top1_mean/{name}/k{k}'] = r['top1_mean']
-  writer.write_scalars(0, scalars)
+  if writer is not None:
+    writer.write_scalars(0, scalars(results))
 
 
 def format_table(results):
-  """The console table: one row per endpoint and head, every number with its split.
+  """The console table: one line per evaluator, endpoint and variant, made from the rows.
 
-  With a random-init baseline, each row also shows the baseline's test top-1 and the
-  gain in points.
+  Columns: val top-1, test top-1, with a baseline the random-init twin's test top-1 and
+  the gain in points, test top-5, every other metric (granularity levels) with its gain,
+  and the evaluator's note; '!' marks rows with solver warnings (listed below the table).
   """
-  order = {n: i for i, n in enumerate(results['dims'])}
+  rs = rows(results)
+  dims = results.get('dims', {})
   base = 'baseline' in results
-  extra = f" {'random':>7s} {'gain':>6s}" if base else ''
-  lines = [f"linear evaluation of {results['pretrained'] or 'a random trunk'} "
+  order = {n: i for i, n in enumerate(dims)}
+  ranks = {k: v.get('rank', 100) for k, v in (results.get('evaluators') or {}).items()}
+  groups = {}
+  for r in rs:
+    groups.setdefault((r['evaluator'], r['endpoint'], r['variant']), []).append(r)
+  keys = sorted(groups, key=lambda k: (ranks.get(k[0], 100), k[0], order.get(k[1], 99),
+                                       k[1], _variant_order(k[2])))
+  bn = results.get('bn_stats', {}).get('what', '')
+  lines = [f"evaluation of {results['pretrained'] or 'a random trunk'} "
            f"({results['pretext_task']}, {results['model'].get('name')} "
            f"k={results['model'].get('width')}) on {results['dataset']}, mode "
-           f"{results['mode']}, solver {results['solver']}, pool {results['pool_mode']}",
-           f"{'head':6s} {'endpoint':16s} {'dims':>6s} {'val top1':>8s} "
-           f"{'test top1':>9s}{extra} {'test top5':>9s} {'epoch':>5s} {'lr':>7s} {'wd':>7s}"]
+           f"{results['mode']}, pool {results['pool_mode']}; BN: {bn}"]
+  if base:
+    lines.append(f"random = {results['baseline'].get('what', 'random-init trunk')}")
+  extra = f" {'random':>7s} {'gain':>6s}" if base else ''
+  lines.append(f"{'evaluator':10s} {'endpoint':14s} {'variant':11s} {'dims':>6s} "
+               f"{'val top1':>8s} {'test top1':>9s}{extra} {'test top5':>9s}  other / settings")
+  warned = []
 
-  def gain(r):
-    if not base:
-      return ''
-    if 'baseline_top1' not in r:
-      return f" {'':>7s} {'':>6s}"
-    return f" {100 * r['baseline_top1']:7.2f} {100 * r['gain']:+6.2f}"
+  def pct(v):
+    return f'{100 * v:.2f}' if v is not None else ''
 
-  for key in ('linear', 'mlp'):
-    for name in sorted(results[key], key=lambda n: order.get(n, 99)):
-      r = results[key][name]
-      lines.append(f"{key:6s} {name:16s} {results['dims'].get(name, 0):6d} "
-                   f"{100 * r['val_top1']:8.2f} {100 * r['top1']:9.2f}{gain(r)} "
-                   f"{100 * r['top5']:9.2f} {r['epochs']:5d} {r['base_lr']:7.3g} "
-                   f"{r['weight_decay']:7.3g}")
-  for preset, d in results['knn'].items():
-    for name, r in d.items():
-      lines.append(f"{'knn':6s} {name:16s} {results['dims'].get(name, 0):6d} "
-                   f"{100 * r['val_top1']:8.2f} {100 * r['top1']:9.2f}{gain(r)} "
-                   f"{100 * r['top5']:9.2f}   ({preset})")
-  for name, d in results['lowshot'].items():
-    cells = ', '.join(f"k={k}: {100 * r['top1_mean']:.1f}+-{100 * r['top1_std']:.1f}"
-                      for k, r in d['shots'].items())
-    lines.append(f'low-shot {name} test top1 (mean+-std over samples): {cells}')
-    if base and name in results['baseline']['lowshot']:
-      cells = ', '.join(f"k={k}: {100 * r['top1_mean']:.1f}" for k, r in
-                        results['baseline']['lowshot'][name]['shots'].items())
-      lines.append(f'low-shot {name} random-init baseline: {cells}')
+  for key in keys:
+    by = {(r['metric'], r['split']): r for r in groups[key]}
+    test, val = by.get(('top1', 'test')), by.get(('top1', 'val'))
+    top5 = by.get(('top5', 'test'))
+    main = test or val
+    cells = ''
+    if base:
+      b = test.get('baseline') if test else None
+      gain = '' if b is None else f"{100 * test['gain']:+.2f}"
+      cells = f' {pct(b):>7s} {gain:>6s}'
+    others = []
+    for (metric, split), r in sorted(by.items()):
+      if metric in ('top1', 'top5') or split != 'test':
+        continue
+      g = '' if r.get('gain') is None else f" ({100 * r['gain']:+.2f})"
+      others.append(f"{metric} {pct(r['value'])}{g}")
+    flag = ''
+    ws = [w for r in groups[key] for w in r.get('warnings') or []]
+    if ws or (main and main.get('converged') is False):
+      flag = ' !'
+      warned.append((key, sorted(set(ws)) or ['not every L2 point converged']))
+    note = (main or {}).get('note', '')
+    lines.append(f"{key[0]:10s} {key[1]:14s} {key[2]:11s} {dims.get(key[1], 0):6d} "
+                 f"{pct(val['value'] if val else None):>8s} "
+                 f"{pct(test['value'] if test else None):>9s}{cells} "
+                 f"{pct(top5['value'] if top5 else None):>9s}  "
+                 f"{'; '.join(others + ([note] if note else []))}{flag}")
   n = results['num_examples']
   lines.append(f"splits: train={results['splits']['train']} ({n['train']}), "
                f"val={results['splits']['val']} ({n['val']}), "
                f"test={results['splits']['test']} ({n['test']}); "
                f"test scored once with the val-selected heads")
   if base:
-    lines.append('random = a randomly initialised trunk of the same architecture through '
-                 'the same evaluation; gain = test top-1 - random, in points')
+    lines.append('gain = test top-1 - random, in points')
+  for (evaluator, endpoint, variant), ws in warned:
+    for w in ws:
+      lines.append(f"! {evaluator} {endpoint} {variant}: {w}".replace('  ', ' '))
   return '\n'.join(lines)
+
+
+def _variant_order(v):
+  """Variants in a readable order: '' first, then by their leading number."""
+  if not v:
+    return (0, 0, v)
+  head = v.split('/')[0].split('-')[0]
+  try:
+    return (1, float(head), v)
+  except ValueError:
+    return (2, 0, v) if v != 'all labels' else (3, 0, v)
