@@ -247,6 +247,8 @@ def get_config(preset='cifar10'):
                    patience=-1, standardize=False, lr_scaling='batch')
     c.knn.enabled = False  # kNN over 1.28M images: run it on cached features instead.
   elif preset == 'smoke':
+    # One BN kind per side (tests of the engine stay fast); tests of 'best' set it.
+    c.eval.bn_stats, c.eval.baseline_bn = 'trained', 'init'
     c.data.train_split = 'train[:300]'
     c.data.val_split = 'train[300:400]'
     c.data.test_split = 'test[:101]'   # odd size: no example may be dropped

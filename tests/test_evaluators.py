@@ -376,7 +376,9 @@ def test_twin_with_data_statistics_has_no_gain_under_the_default_baseline(tmp_pa
   config.eval_batch_size = 32
   config.eval.bn_batches = 10
   config.knn.presets = ('k20_t0.07',)
-  assert config.eval.baseline_bn == config.eval.bn_stats == 'best'     # the defaults
+  defaults = le_configs.base_config().eval
+  assert defaults.baseline_bn == defaults.bn_stats == 'best'     # the defaults
+  config.eval.bn_stats = config.eval.baseline_bn = 'best'
   config.pretrained = _data_stats_twin(config, arrays, tmp_path)
   n = len(arrays['test'][1])
 

@@ -49,6 +49,7 @@ def test_monitor_numbers_equal_the_standalone_evaluator_on_the_checkpoint(tmp_pa
   le.input.pp_train = le.input.pp_eval = c.input.pp_eval
   le.eval.max_train_examples = 40
   le.eval_batch_size = 16   # (the monitor's batch: the same programs, the same numbers)
+  le.eval.bn_stats = 'trained'   # the monitor reads the moving averages, as the study
   le.evals.linear.enabled = le.mlp.enabled = le.lowshot.enabled = False
   le.knn.update(presets=('k20_t0.07', 'k200_t0.1'), endpoints='block1,pre_logits')
   le.groupings = ml_collections.ConfigDict()

@@ -410,6 +410,7 @@ def test_random_init_baseline_is_the_same_evaluation_on_a_random_trunk(tmp_path)
   config.mlp.enabled = config.lowshot.enabled = False
   with config.unlocked():
     config.eval.random_init_baseline = True
+    config.eval.bn_stats = config.eval.baseline_bn = 'best'   # the defaults
   rng = np.random.RandomState(11)
   arrays = {s: (rng.randint(0, 256, (m, 16, 16, 3)).astype(np.uint8),
                 rng.randint(0, 10, m).astype(np.int32))

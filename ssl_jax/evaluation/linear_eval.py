@@ -520,7 +520,18 @@ def evaluate_bn(config, trunk, source, evs, bn, *, baseline=False, **kwargs):
                              else 'trunk']
   a = evaluate(config, trunk, source, evs, bn=first, baseline=baseline, **kwargs)
   cached = [ev for ev in evs if ev.endpoints(list(a['dims']))]
-  b = evaluate(config, trunk, source, cached, bn=second, baseline=baseline, **kwargs)
+  try:
+    b = evaluate(config, trunk, source, cached, bn=second, baseline=baseline, **kwargs)
+  except ValueError as e:
+    if 'no full batch' not in str(e):
+      raise
+    # A train split smaller than one eval batch: only the first kind exists.
+    logging.warning('eval.bn_stats / baseline_bn = best: %s; using %s only', e, first)
+    for r in a['rows']:
+      r['bn'] = first
+    a['bn_stats'] = dict(a['bn_stats'], method='best', what=a['bn_stats']['what'] + (
+        ' (re-estimation impossible: fewer train images than one batch)'))
+    return a
 
   def val_top1(res):
     return {_group_key(r): r['value'] for r in res['rows']
