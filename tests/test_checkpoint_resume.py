@@ -585,6 +585,7 @@ def test_training_on_a_full_disk_stops_with_one_line_and_resumes(small_disk, mon
   assert checkpoint.saved_steps(workdir) == [2, 4, 6]
 
 
+@pytest.mark.slow  # a real 400-step process on a 2 MiB disk
 def test_main_prints_one_line_when_the_disk_fills(small_disk):
   workdir = os.path.join(small_disk, 'run')
   out = subprocess.run(_main_cmd(workdir, 400, every=1, extra=('--config.max_to_keep=1000',)),

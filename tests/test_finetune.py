@@ -117,6 +117,7 @@ def test_finetuning_beats_the_frozen_probe_and_the_baseline_is_from_scratch(tmp_
   assert 'finetune' in linear_eval.format_table(res)
 
 
+@pytest.mark.slow  # several engine runs
 def test_a_preempted_run_resumes_and_never_reports_half_trained(tmp_path, monkeypatch):
   pre = str(tmp_path / 'pretext')
   _write_pretext(pre)

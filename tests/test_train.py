@@ -468,6 +468,7 @@ def test_precise_bn_evaluation_reports_both_and_leaves_training_unchanged(tmp_pa
     config_lib.validate(c)
 
 
+@pytest.mark.slow  # ~1.5 min: two runs
 def test_the_loop_runs_without_clu_and_gives_the_same_numbers(tmp_path, monkeypatch):
   """The JAX-only GPU machine has no clu (nor TensorFlow): train_loop falls back to a
   log-only writer, and the training itself is unchanged (same final loss and state)."""
@@ -494,6 +495,7 @@ def test_the_loop_runs_without_clu_and_gives_the_same_numbers(tmp_path, monkeypa
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # ~2.5 min: four runs
 @pytest.mark.parametrize('source', ['synthetic', 'in_memory_arrays'])
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, source):
   """Stopping at a checkpoint and resuming (total_steps raised, as a rerun after a kill
