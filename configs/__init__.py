@@ -21,6 +21,7 @@ on the result.
 This package is imported from the repository root (`configs/<name>.py` import
 `configs.common`); it imports ml_collections only.
 """
+import contextlib
 import difflib
 import importlib
 import pkgutil
@@ -142,15 +143,7 @@ def override(config, overrides: Mapping[str, Any], where='config'):
   replaces the section. Raises ValueError for an unknown key (naming the closest) or a
   value the key's type cannot hold.
   """
-  with config.unlocked() if hasattr(config, 'unlocked') else _Null():
+  with config.unlocked() if hasattr(config, 'unlocked') else contextlib.nullcontext():
     for key, value in overrides.items():
       _walk_set(config, str(key), value, where)
   return config
-
-
-class _Null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *args):
-    return False

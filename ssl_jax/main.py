@@ -10,6 +10,7 @@ config runs the linear evaluation last (config.run_linear_eval) takes overrides 
 evaluation's config (configs/linear_eval.py, preset config.linear_eval_preset) as
 `--config.linear_eval.<key>=VALUE`, e.g. `--config.linear_eval.eval.max_train_examples=2000`.
 """
+import contextlib
 import ast
 import difflib
 import importlib.util
@@ -66,17 +67,9 @@ def apply_overrides(config, overrides, where='config'):
         raise ValueError(f'--{where}.{key}: {walked} has no key {part!r}; {hint}')
       if i < len(parts) - 1:
         node = node[part]
-    with config.unlocked() if hasattr(config, 'unlocked') else _null():
+    with config.unlocked() if hasattr(config, 'unlocked') else contextlib.nullcontext():
       node[parts[-1]] = _parse_value(text, node[parts[-1]])
   return config
-
-
-class _null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *args):
-    return False
 
 
 def linear_eval_config(preset, pretrained, overrides=()):

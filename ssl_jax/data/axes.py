@@ -53,6 +53,7 @@ project's TF decode, checked when they are written: input_pipeline.datasets.
 prepare_arrays). `load_split(config, split)` reads config.data's split from
 config.data.arrays_dir when it is set, else through input_pipeline (TensorFlow).
 """
+import contextlib
 import io
 import json
 import math
@@ -88,25 +89,17 @@ def ensure_keys(config):
   import ml_collections  # pylint: disable=g-import-not-at-top
   data = config.data
   for name, defaults in (('subset', SUBSET_DEFAULTS), ('pool', POOL_DEFAULTS)):
-    with data.unlocked() if hasattr(data, 'unlocked') else _Null():
+    with data.unlocked() if hasattr(data, 'unlocked') else contextlib.nullcontext():
       if name not in data:
         data[name] = ml_collections.ConfigDict(dict(defaults))
       else:
         for k, v in defaults.items():
           if k not in data[name]:
             data[name][k] = v
-    with data.unlocked() if hasattr(data, 'unlocked') else _Null():
+    with data.unlocked() if hasattr(data, 'unlocked') else contextlib.nullcontext():
       if 'arrays_dir' not in data:
         data.arrays_dir = ''
   return config
-
-
-class _Null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *args):
-    return False
 
 
 def _section(data, name, defaults):
