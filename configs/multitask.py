@@ -24,6 +24,13 @@ Presets:
                 v2 k=1 (small-input stem), each member 32 images per step (96 in all),
                 'sum', Adam lr 1e-3, 1,500 steps, precise-BN pretext evaluation; then the
                 linear evaluation of every layer beside the random-init trunk.
+  cifar10_cpu_vgg   cifar10_cpu's schedule and streams on VGG19-BN k=1 (the README main
+                job's trunk) with the two members that trunk takes at 32 px, rotation +
+                colorization (64 images per step; lr 1e-3 as above); relative patch
+                location's 12-px patches are below VGG19's 32-px minimum. Measured on a
+                2-core VM: the step runs in about 0.4 s, against about 9.7 s for
+                cifar10_cpu's three members on ResNet50 v2 with the small-input stem
+                (rotation alone there: 7.2 s).
   smoke         tiny (tiny_cnn-sized: k=1, 16-px images, 12-px patches of a 48-px resize,
                 a few steps) for tests: rotation + relative patch location.
 Deviations from the paper (every preset): ResNet50 v2 (the paper: ResNet-101 v2 cut after
@@ -43,7 +50,7 @@ from configs import exemplar as exemplar_config
 from configs import relative_patch_location as rpl_config
 from configs import rotation as rotation_config
 
-PRESETS = ('cifar10', 'imagenette64', 'cifar10_cpu', 'smoke')
+PRESETS = ('cifar10', 'imagenette64', 'cifar10_cpu', 'cifar10_cpu_vgg', 'smoke')
 
 _MEMBER_CONFIGS = {
     'rotation': rotation_config, 'relative_patch_location': rpl_config,
@@ -86,7 +93,7 @@ def get_config(preset='cifar10_cpu'):
       members=ml_collections.ConfigDict()))
   c.model.name = 'resnet50_v2'
   c.model.unit_endpoints = ()
-  common.image_preset(c, 'cifar10' if preset == 'cifar10_cpu' else preset)
+  common.image_preset(c, 'cifar10' if preset.startswith('cifar10') else preset)
   c.model.small_input = True
   c.model.patch_strides = False
   if preset in ('cifar10', 'imagenette64'):
@@ -100,22 +107,28 @@ def get_config(preset='cifar10_cpu'):
     c.eval_batch_size = 128
     c.tasks.colorization.input_channels = 3
     c.linear_eval_preset = preset
-  elif preset == 'cifar10_cpu':
-    # Sized for 2 CPU cores (about half an hour of pretext training on one core).
-    _set_members(c, 'cifar10_cpu', {
+  elif preset in ('cifar10_cpu', 'cifar10_cpu_vgg'):
+    # Sized for 2 CPU cores.
+    members = {
         'rotation': ('rotation', {}),
         'relative_patch_location': ('relative_patch_location', {}),
         'colorization': ('colorization', {}),
-    })
+    }
+    if preset == 'cifar10_cpu_vgg':
+      del members['relative_patch_location']
+    _set_members(c, 'cifar10_cpu', members)
     c.data.val_split = 'train[45000:46000]'
     c.model.width = 1
+    if preset == 'cifar10_cpu_vgg':
+      c.model.name = 'vgg19_bn'
     c.tasks.colorization.input_channels = 3
     c.batch_size = 32
     c.eval_batch_size = 64
     c.total_steps = 1500
     c.steps_per_epoch = 100      # 'epochs' of the schedule are 100 steps here
     c.optimizer.name = 'adam'
-    c.optimizer.base_lr = 1e-3 * 256 / 96   # lr 1e-3 at 96 images per step (linear scaling)
+    # lr 1e-3 at the members' images per step (96, or 64 for the VGG pair; linear scaling)
+    c.optimizer.base_lr = 1e-3 * 256 / (32 * len(members))
     c.optimizer.warmup_epochs = 1.0
     c.optimizer.decay_epochs = (11.0, 13.5)
     c.precise_bn_batches = 8

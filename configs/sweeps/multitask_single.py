@@ -20,6 +20,7 @@ from configs import multitask
 
 PRESETS = tuple(f'{p}.{m}' for p, ms in (
     ('cifar10_cpu', ('rotation', 'relative_patch_location', 'colorization')),
+    ('cifar10_cpu_vgg', ('rotation', 'colorization')),
     ('cifar10', ('relative_patch_location', 'colorization', 'exemplar')),
     ('smoke', ('rotation', 'relative_patch_location'))) for m in ms)
 
