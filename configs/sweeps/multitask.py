@@ -10,8 +10,8 @@ Presets:
                 the same trunk and schedule (configs/sweeps/multitask_single.py); then the
                 linear evaluation of every layer (configs/linear_eval.py:cifar10_cpu
                 without MLP and low-shot, probes on the first 5,000 of its 10,000 training
-                images) beside the random-init twin. 3 cells; wall time measured in
-                docs/RESULTS.md. (configs/multitask.py:cifar10_cpu, three members on
+                images) beside the random-init twin. 3 cells, 33 minutes on 2 quiet
+                cores (docs/RESULTS.md). (configs/multitask.py:cifar10_cpu, three members on
                 ResNet50 v2 with the small-input stem, steps at about 10 s on 2 cores:
                 over 4 hours for its cell alone; not a CPU sweep.)
   accelerator   configs/multitask.py:cifar10 (relative patch location + colorization +
@@ -55,6 +55,7 @@ def get_sweep(preset='cpu'):
                  'title': 'Multi-task vs single tasks: best layer (val)'},
                 {'kind': 'layers', 'file': f'multitask_{preset}_layers.png',
                  'baseline': False, 'title': 'Multi-task vs single tasks: per layer'}],
-      'estimate': (f'{len(tasks)} cells; the multi-task cell costs about the '
-                   f'{len(members)} single ones together'),
+      'estimate': (f'the multi-task cell costs about the {len(members)} single ones '
+                   'together' + ('; 33 min in all measured on 2 quiet cores (2026-12-04)'
+                                 if preset == 'cpu' else '')),
   }
