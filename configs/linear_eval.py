@@ -45,7 +45,9 @@ Presets:
                 steps per run.
 Evaluators (config.evals, one section per instance, see ssl_jax/evaluation/evaluators):
   linear (probe), mlp, knn, lowshot (the historic sections, also reachable as
-  config.train / config.mlp / config.knn / config.lowshot), finetune (off by default).
+  config.train / config.mlp / config.knn / config.lowshot), finetune (off by default),
+  lasso (off: a probe on a learned sparse mix of a stage's unit outputs, for trunks
+  trained with config.model.unit_endpoints, e.g. the multitask lasso).
   Add an instance with a section of a registered type, e.g. a probe trained on a coarse
   level: config.evals.linear_coarse4 = dict(type='probe', train_level='coarse4').
 BatchNorm in inference mode: eval.bn_stats for the evaluated trunk and eval.baseline_bn
@@ -156,6 +158,12 @@ def base_config():
     c[name].type = name
     c.evals[name] = c[name]
   c.evals.finetune = finetune_section()
+  # Doersch and Zisserman's lasso read by the downstream task: a probe on its own learned
+  # mix of a stage's unit outputs (ssl_jax/evaluation/evaluators/lasso.py). Needs a trunk
+  # trained with config.model.unit_endpoints (the multitask lasso); off by default.
+  c.evals.lasso = ml_collections.ConfigDict(dict(
+      type='lasso', enabled=False, stage='', l1s=(1e-3, 1e-2), weight_decays=(1e-3,),
+      steps=300, lr=0.01, standardize=True))
   # Class groupings for granularity (Cole et al.): {level: groups of class indices};
   # probes, kNN and fine-tuning are also scored at each level ('top1@<level>').
   c.groupings = ml_collections.ConfigDict()

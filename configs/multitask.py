@@ -6,6 +6,8 @@ r"""Multi-task self-supervised learning (Doersch and Zisserman 2017): one trunk,
       --config.tasks.multitask.lasso.stage=block3 --config.model.unit_endpoints="('block3',)" \
       --config.tasks.colorization.endpoint=block3 --config.tasks.multitask.harmonize=True \
       --workdir /tmp/mt_lasso
+  # ... and its linear evaluation also learns its own alpha row over block3's units:
+  #     --config.linear_eval.evals.lasso.enabled=True (configs/linear_eval.py)
 
 A combination of tasks is this one config: its members are registered tasks whose own
 settings (config.tasks.<task>) and streams (preprocessing strings) come from their own

@@ -181,9 +181,13 @@ def load_trunk(config, image_shape=None, eval_input=None):
     variables = {'params': params}
     if stats:
       variables['batch_stats'] = stats
+  # The unit endpoints of config.model.unit_endpoints (the lasso's) are listed after the
+  # stage endpoints; evaluators read them only where they name them.
+  units = tuple(u for stage in (m.get('unit_endpoints', ()) or ())
+                for u in models.unit_endpoint_names(m.name, stage))
   return {'model': model, 'variables': variables, 'model_config': m.to_dict(),
           'task': task, 'eval_input': eval_input, 'name': m.name,
-          'endpoints': tuple(models.trunk_endpoints(m.name))}
+          'endpoints': tuple(models.trunk_endpoints(m.name)) + units}
 
 
 def preprocessing(config, eval_input=None):
@@ -457,13 +461,28 @@ def check_evaluators(config, evs, trunk, source, arrays):
   """Every evaluator's data-dependent checks (label counts, levels, endpoints), before
   any compile."""
   ctx = context(config, trunk, source, arrays=arrays)
-  names = evaluators.endpoint_list(config.eval.endpoints, trunk['endpoints'],
-                                   'eval.endpoints')
+  names = with_units(config, evs, trunk)
   available = names + [n + features.GAP_SUFFIX for n in names] if config.eval.global_avg \
       else names
   for ev in evs:
     ev.endpoints(available)
     ev.check(ctx)
+
+
+def with_units(config, evs, trunk):
+  """The endpoints to extract: config.eval.endpoints' (all but the unit endpoints by
+  default), then the trunk's unit endpoints that an evaluator names (the lasso's)."""
+  names = evaluators.endpoint_list(config.eval.endpoints, trunk['endpoints'],
+                                   'eval.endpoints')
+  units = [n for n in trunk['endpoints'] if evaluators.is_unit(n) and n not in names]
+  if units:
+    offered = names + units
+    if config.eval.global_avg:
+      offered = offered + [n + features.GAP_SUFFIX for n in offered]
+    asked = {n for ev in evs for n in ev.endpoints(offered)}
+    names = names + [u for u in units
+                     if u in asked or u + features.GAP_SUFFIX in asked]
+  return names
 
 
 def evaluate_with_baseline(config, trunk, source, *, writer=None, evals=None,
@@ -614,7 +633,7 @@ def evaluate(config, trunk, source, evals=None, *, writer=None, bn='trained',
   t0 = time.perf_counter()
   variables, bn_info = bn_statistics(config, trunk, source, bn)
   trunk = dict(trunk, variables=variables)
-  names = evaluators.endpoint_list(e.endpoints, trunk['endpoints'], 'eval.endpoints')
+  names = with_units(config, evs, trunk)
   make_fn = functools.partial(extract_fn, config, trunk)
   image_shape = source.image_shape(train=False)
   dims = features.feature_dims(make_fn(names), variables, image_shape)
@@ -840,7 +859,9 @@ def format_table(results):
       flag = ' !'
       warned.append((key, sorted(set(ws)) or ['not every L2 point converged']))
     note = (main or {}).get('note', '')
-    lines.append(f"{key[0]:10s} {key[1]:14s} {key[2]:11s} {dims.get(key[1], 0):6d} "
+    # (an endpoint that is not a cached one, e.g. the lasso's mix, gives its dims itself)
+    width = dims.get(key[1], (main or {}).get('dims', 0)) or 0
+    lines.append(f"{key[0]:10s} {key[1]:14s} {key[2]:11s} {int(width):6d} "
                  f"{pct(val['value'] if val else None):>8s} "
                  f"{pct(test['value'] if test else None):>9s}{cells} "
                  f"{pct(top5['value'] if top5 else None):>9s}  "

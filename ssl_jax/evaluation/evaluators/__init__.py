@@ -183,14 +183,21 @@ class Evaluator:
     raise NotImplementedError
 
 
+def is_unit(name):
+  """True for a unit endpoint '<stage>/unit<u>' (models.unit_endpoint_names), or its
+  global-average variant."""
+  return '/unit' in name
+
+
 def endpoint_list(spec, available, key):
-  """The endpoints named by a comma-separated spec ('' = all of available but logits).
+  """The endpoints named by a comma-separated spec ('' = all of available but logits and
+  the unit endpoints '<stage>/unit<u>', which are read only where named: the lasso).
 
   Raises:
     ValueError naming `key` and the allowed endpoints for an unknown one.
   """
   if not spec:
-    return [n for n in available if n != 'logits']
+    return [n for n in available if n != 'logits' and not is_unit(n)]
   names = [s.strip() for s in spec.split(',') if s.strip()]
   for n in names:
     if n not in available:
