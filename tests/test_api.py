@@ -354,8 +354,14 @@ def test_importing_ssl_jax_does_not_import_jax():
 def test_configs_are_found_from_another_directory(tmp_path):
   # Found failing: `ssl_jax.load_images` from a script outside the repository (an editable
   # install) raised ModuleNotFoundError: configs is not installed with ssl_jax.
+  # Every path entry of the repository is removed after the import: a legacy editable
+  # install (pip < 21.3, or an old setuptools: an easy-install.pth line) puts the
+  # repository itself on sys.path, which would make `configs` importable anyway (found
+  # failing in a fresh venv with the machine's pip 23.2.1 and its old setuptools).
   code = ('import importlib.util, os, sys; root = sys.argv[1]; sys.path.insert(0, root); '
-          'import ssl_jax.api as api; sys.path.remove(root); '
+          'import ssl_jax.api as api; '
+          'sys.path[:] = [p for p in sys.path if not (os.path.isdir(p or ".") and '
+          'os.path.samefile(p or ".", root))]; '
           'assert "configs" not in sys.modules and importlib.util.find_spec("configs") is None; '
           'c = api._configs(); '
           'assert os.path.samefile(c.__file__, os.path.join(root, "configs", "__init__.py")); '
