@@ -208,6 +208,11 @@ def _run_job(config, workdir):
     linear_eval.run(config, workdir)
     return 0
   from ssl_jax import train  # pylint: disable=g-import-not-at-top
+  if _LINEAR_EVAL_OVERRIDES and not config.run_linear_eval:
+    # (found: the overrides were silently unused)
+    raise config_lib.ConfigError(
+        f'--config.linear_eval.{_LINEAR_EVAL_OVERRIDES[0]}: this job runs no linear '
+        'evaluation (config.run_linear_eval=False); add --config.run_linear_eval=True')
   if config.run_linear_eval:
     with config_lib.startup_errors():
       # Built now so a bad preset fails before hours of pretext training.

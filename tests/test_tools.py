@@ -76,6 +76,16 @@ def test_linear_eval_overrides_reach_the_evaluation_of_a_pretext_job(tmp_path):
   assert out.returncode == 2, out.stderr[-2000:]
   assert "error: config.eval.solver='newton' is not allowed" in out.stderr
   assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
+  # ... and refuses them where it runs no evaluation (they used to be silently unused).
+  out = subprocess.run(
+      [sys.executable, '-m', 'ssl_jax.main', '--config', 'configs/rotation.py:smoke',
+       '--config.linear_eval.evals.lasso.enabled=True', f'--workdir={tmp_path / "v"}'],
+      cwd=ROOT, capture_output=True, text=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert ('error: --config.linear_eval.evals.lasso.enabled=True: this job runs no linear '
+          'evaluation (config.run_linear_eval=False)') in out.stderr
+  assert not os.path.exists(tmp_path / 'v' / 'checkpoints')
 
 
 def test_a_task_error_message_is_kept_whole():
