@@ -19,13 +19,16 @@ from ssl_jax.evaluation import labels
 from ssl_jax.evaluation import linear_eval
 
 
-def _write_pretext(path, model_name='tiny_cnn', params=None, stats=None, size=16):
-  """A layout-2 pretext workdir (rotation, `model_name`) with the given trunk variables
-  (default: an initialisation with shifted BN statistics)."""
+def _write_pretext(path, model_name='tiny_cnn', params=None, stats=None, size=16,
+                   units=()):
+  """A layout-2 pretext workdir (rotation, `model_name`, config.model.unit_endpoints
+  `units`) with the given trunk variables (default: an initialisation with shifted BN
+  statistics)."""
   from configs import rotation  # pylint: disable=g-import-not-at-top
   from ssl_jax import checkpoint  # pylint: disable=g-import-not-at-top
   c = rotation.get_config('smoke')
   c.model.name = model_name
+  c.model.unit_endpoints = tuple(units)
   if params is None:
     trunk = models.create_trunk(c.model)
     v = jax.jit(lambda r, x: trunk.init(r, x, train=False))(
@@ -451,3 +454,52 @@ def test_best_statistics_are_chosen_on_val_per_group_never_on_test(monkeypatch):
   assert res['linear'] == {'b1': {'top1': .2}, 'b2': {'top1': .1}}
   assert res['bn_stats']['chosen']['linear / b1'] == 'reestimate'
   assert res['timing']['total_s'] == 2.0
+
+
+# ----------------------------------------------------------------------------- lasso
+
+
+def _lasso_config(units=('block2',)):
+  c = le_configs.get_config('smoke')
+  c.model.unit_endpoints = units
+  c.eval.solver = 'lbfgs'
+  c.eval.lbfgs_iters = 50
+  c.train.update(weight_decays=(1e-3,))
+  c.mlp.enabled = c.lowshot.enabled = False
+  c.evals.lasso.update(enabled=True, steps=50, l1s=(1e-2,))
+  c.eval.random_init_baseline = True
+  return c
+
+
+def test_the_lasso_probe_runs_in_the_evaluation_beside_the_random_twin(tmp_path):
+  pre = str(tmp_path / 'pretext')
+  _write_pretext(pre, units=('block2',))
+  config = _lasso_config()
+  config.pretrained = pre
+  res = linear_eval.run(config, str(tmp_path / 'e'), arrays=_arrays())
+  rows = linear_eval.rows(res)
+  mine = [r for r in rows if r['evaluator'] == 'lasso']
+  assert {(r['endpoint'], r['split'], r['metric']) for r in mine} >= {
+      ('block2/lasso', 'val', 'top1'), ('block2/lasso', 'test', 'top1')}
+  test = [r for r in mine if r['split'] == 'test' and r['metric'] == 'top1'][0]
+  assert test['units'] == 1 and 0.0 <= test['value'] <= 1.0
+  # The random-init twin has the same units and goes through the same probe.
+  assert test['baseline'] is not None
+  assert test['gain'] == pytest.approx(test['value'] - test['baseline'])
+  assert res['baseline']['lasso']['block2/lasso']['units'] == ['block2/unit1']
+  detail = res['lasso']['block2/lasso']
+  assert detail['units'] == ['block2/unit1'] and len(detail['alpha']) == 1
+  assert detail['top1'] == test['value']
+  # The probes' default endpoints are the stages, never the unit endpoints.
+  assert not any(evaluators.is_unit(r['endpoint']) for r in rows)
+
+
+def test_the_lasso_probe_on_a_trunk_without_units_is_a_one_line_error(tmp_path):
+  c = _lasso_config(units=())
+  with pytest.raises(config_lib.ConfigError, match=r"exposes no unit outputs.*"
+                     r"config.model.unit_endpoints"):
+    linear_eval.run(c, str(tmp_path / 'e'), arrays=_arrays())
+  c = _lasso_config()
+  c.evals.lasso.l1s = (-1.0,)
+  with pytest.raises(config_lib.ConfigError, match=r'evals.lasso.l1s=\(-1.0,\) must be'):
+    linear_eval.run(c, str(tmp_path / 'e'), arrays=_arrays())
