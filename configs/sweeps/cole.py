@@ -102,7 +102,7 @@ def get_sweep(preset='corruption_cpu'):
              'title': 'Cole corruption: rotation VGG19-BN k=1, pre-logits'},
             {'kind': 'layers', 'file': 'corruption_layers.png', 'baseline': False,
              'title': 'Cole corruption: per-layer linear probes'}],
-        'estimate': '5 cells, about 10 min each on 2 quiet cores',
+        'estimate': '5 cells, about 15 min each on 2 cores (goyal.py:data_size_cpu measured 13-17 min a cell)',
     })
   if preset == 'corruption':
     tasks = {'simclr': {'config': 'configs/simclr.py:cifar10'},
@@ -133,7 +133,7 @@ def get_sweep(preset='corruption_cpu'):
           'name': 'cole_quantity_cpu', 'study': 'Cole et al. 2022: pretraining quantity',
           'axes': [{'name': 'images', 'key': 'data.subset.count', 'values': counts}],
           'plots': [{'kind': 'line', 'x': 'images', 'logx': True}],
-          'estimate': '4 cells, about 10 min each on 2 quiet cores',
+          'estimate': '4 cells, about 15 min each on 2 cores (goyal.py:data_size_cpu measured 13-17 min a cell)',
       })
     return {
         'name': 'cole_quantity', 'study': 'Cole et al. 2022: pretraining quantity',
@@ -200,8 +200,16 @@ def get_sweep(preset='corruption_cpu'):
         'name': preset.replace('domain', 'cole_domain'),
         'study': 'Cole et al. 2022: domain (in-domain vs cross-domain vs pooled)',
         'axes': [{'name': 'pretraining', 'values': domains}],
-        'plots': [{'kind': 'bars', 'x': 'pretraining'}],
-        'estimate': '3 cells',
+        'plots': [
+            {'kind': 'bars', 'x': 'pretraining', 'file': 'domain_best.png',
+             'title': 'Cole domain: best layer (val), evaluated on CIFAR-10'},
+            {'kind': 'bars', 'x': 'pretraining', 'endpoint': 'pre_logits',
+             'file': 'domain_pre_logits.png',
+             'title': 'Cole domain: pre-logits, evaluated on CIFAR-10'},
+            {'kind': 'layers', 'file': 'domain_layers.png', 'baseline': False,
+             'title': 'Cole domain: per-layer linear probes on CIFAR-10'}],
+        'estimate': ('3 cells, 34 min measured on 2 cores (2026-12-04)' if cpu
+                     else '3 cells (accelerator)'),
     })
   if preset in ('granularity_cpu', 'granularity'):
     cpu = preset == 'granularity_cpu'

@@ -9,7 +9,8 @@ Presets (each a grid; `--list` prints the cells and their commands):
                     CIFAR-10 (JPEG q75) train[:45000]: 10 / 25 / 50 / 100 % (4,500 ...
                     45,000 images, data.subset.fraction, the same images in every
                     experiment); plus the supervised baseline (same trunk, data, steps
-                    and evaluation). 5 cells, about 10 min each on 2 quiet cores (estimate).
+                    and evaluation). 5 cells, 73 min measured on 2 cores (2026-12-04;
+                    13-17 min a rotation cell, 10 min the supervised one).
                     Goyal's axis is 1M ... 100M images at a fixed schedule; here the
                     steps are fixed too, so the smaller sets are seen for more epochs.
   data_size         the accelerator variant: jigsaw and colorization (Goyal's two tasks) on
@@ -65,7 +66,7 @@ def get_sweep(preset='data_size_cpu'):
             {'kind': 'layers', 'file': 'data_size_layers.png',
              'title': 'Goyal data size: per-layer linear probes', 'baseline': False},
         ],
-        'estimate': '5 cells, about 10 min each on 2 quiet cores',
+        'estimate': '5 cells, 73 min measured on 2 cores (13-17 min a rotation cell)',
     }
   if preset == 'data_size':
     tasks = {
