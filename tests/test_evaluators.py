@@ -494,7 +494,10 @@ def test_the_lasso_probe_runs_in_the_evaluation_beside_the_random_twin(tmp_path)
   assert not any(evaluators.is_unit(r['endpoint']) for r in rows)
 
 
-def test_the_lasso_probe_on_a_trunk_without_units_is_a_one_line_error(tmp_path):
+def test_the_lasso_probe_on_a_trunk_without_units_is_a_one_line_error(tmp_path, monkeypatch):
+  def no_init(trunk):
+    raise AssertionError('the random trunk was initialised before the config checks')
+  monkeypatch.setattr(linear_eval, 'with_variables', no_init)   # errors come first
   c = _lasso_config(units=())
   with pytest.raises(config_lib.ConfigError, match=r"exposes no unit outputs.*"
                      r"config.model.unit_endpoints"):

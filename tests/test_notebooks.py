@@ -91,6 +91,9 @@ def _data_ready():
                   '(run python ../shared/data/prepare_tfds.py)')
 
 
+# Slow: over a minute of one worker (three kernels, each importing JAX and TensorFlow);
+# the sync, no-output and structure tests above stay in the CI command.
+@pytest.mark.slow
 def test_notebooks_execute_top_to_bottom_and_draw_their_figures(tmp_path, capsys):
   for module in ('nbclient', 'nbformat', 'jupytext', 'ipykernel', 'matplotlib'):
     pytest.importorskip(module, reason=f'{module} is needed to run the notebooks '

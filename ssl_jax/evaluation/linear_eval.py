@@ -142,7 +142,7 @@ def eval_input_of(pretext_config):
   return tasks.get_task(pretext_config.task, pretext_config).eval_input
 
 
-def load_trunk(config, image_shape=None, eval_input=None):
+def load_trunk(config, image_shape=None, eval_input=None, *, init=True):
   """The frozen trunk: dict(model, variables, model_config, task, eval_input, name, endpoints).
 
   Args:
@@ -150,6 +150,8 @@ def load_trunk(config, image_shape=None, eval_input=None):
       model when pretrained == '').
     image_shape: (H, W, 3) of the eval images; needed only for a random trunk.
     eval_input: the random trunk's input (default: RGB in [-1, 1]).
+    init: False leaves a random trunk's variables None (its description alone, for the
+      checks that come before any compile); `with_variables` initialises them.
   Raises:
     FileNotFoundError naming a missing workdir or checkpoint.
   """
@@ -168,15 +170,7 @@ def load_trunk(config, image_shape=None, eval_input=None):
   if params is None:
     if image_shape is None:
       raise ValueError('a random trunk needs the image shape')
-    x = jax.eval_shape(eval_input.fn, jax.ShapeDtypeStruct((1,) + tuple(image_shape),
-                                                           jnp.uint8))
-    # One compiled program: eager init would compile every initializer separately.
-    init = jax.jit(lambda rng, x: model.init(rng, x, train=False))
-    # 'unsafe_rbg' keys compile several times faster than threefry on a CPU; the
-    # values of a random baseline trunk do not need threefry's guarantees.
-    variables = init(jax.random.key(config.seed, impl='unsafe_rbg'),
-                     jnp.zeros(x.shape, jnp.float32))
-    variables = jax.tree.map(np.asarray, dict(variables))
+    variables = None
   else:
     variables = {'params': params}
     if stats:
@@ -185,9 +179,29 @@ def load_trunk(config, image_shape=None, eval_input=None):
   # stage endpoints; evaluators read them only where they name them.
   units = tuple(u for stage in (m.get('unit_endpoints', ()) or ())
                 for u in models.unit_endpoint_names(m.name, stage))
-  return {'model': model, 'variables': variables, 'model_config': m.to_dict(),
-          'task': task, 'eval_input': eval_input, 'name': m.name,
-          'endpoints': tuple(models.trunk_endpoints(m.name)) + units}
+  trunk = {'model': model, 'variables': variables, 'model_config': m.to_dict(),
+           'task': task, 'eval_input': eval_input, 'name': m.name,
+           'endpoints': tuple(models.trunk_endpoints(m.name)) + units,
+           'image_shape': None if image_shape is None else tuple(image_shape),
+           'seed': config.seed}
+  return with_variables(trunk) if init else trunk
+
+
+def with_variables(trunk):
+  """`trunk` with its variables: a random trunk (variables None) initialised at its
+  image shape from its seed; any other trunk as it is."""
+  if trunk['variables'] is not None:
+    return trunk
+  model, eval_input = trunk['model'], trunk['eval_input']
+  x = jax.eval_shape(eval_input.fn, jax.ShapeDtypeStruct((1,) + trunk['image_shape'],
+                                                         jnp.uint8))
+  # One compiled program: eager init would compile every initializer separately.
+  init = jax.jit(lambda rng, x: model.init(rng, x, train=False))
+  # 'unsafe_rbg' keys compile several times faster than threefry on a CPU; the
+  # values of a random baseline trunk do not need threefry's guarantees.
+  variables = init(jax.random.key(trunk['seed'], impl='unsafe_rbg'),
+                   jnp.zeros(x.shape, jnp.float32))
+  return dict(trunk, variables=jax.tree.map(np.asarray, dict(variables)))
 
 
 def preprocessing(config, eval_input=None):
@@ -242,15 +256,16 @@ def random_twin(config, trunk, image_shape):
 
 
 
-def trunk_and_source(config, arrays=None, trunk=None):
-  """(trunk dict, source, (pp_train, pp_eval)); a random trunk is built at the crop size."""
+def trunk_and_source(config, arrays=None, trunk=None, *, init=True):
+  """(trunk dict, source, (pp_train, pp_eval)); a random trunk is built at the crop size
+  (init=False: described only, see load_trunk)."""
   # (A random trunk as the evaluated model is its own baseline.)
   if trunk is None and config.pretrained:
     trunk = load_trunk(config)
   pp = preprocessing(config, trunk['eval_input'] if trunk else None)
   source = make_source(config, *pp, arrays=arrays)
   if trunk is None:
-    trunk = load_trunk(config, image_shape=source.image_shape(train=False))
+    trunk = load_trunk(config, image_shape=source.image_shape(train=False), init=init)
   return trunk, source, pp
 
 
@@ -356,7 +371,8 @@ def run(config, workdir, *, arrays=None):
     evs = validate(config)
     if chief:
       check_outputs(workdir)
-    trunk, source, (pp_train, pp_eval) = trunk_and_source(config, arrays)
+    # A random trunk is only described here: its init is work, after the checks.
+    trunk, source, (pp_train, pp_eval) = trunk_and_source(config, arrays, init=False)
     if isinstance(source, sources.TfdsSource):
       source.check()
     sources.check_labels(config, source)
@@ -366,6 +382,7 @@ def run(config, workdir, *, arrays=None):
     # run, on this workdir fails here, naming the holder, instead of overwriting it.
     lock = checkpoint.lock_workdir(workdir)
   with lock:
+    trunk = with_variables(trunk)
     # Every process computes the whole split's numbers (features are gathered across
     # processes); only the first one writes files.
     writer = _make_writer(workdir) if chief else None
