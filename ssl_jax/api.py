@@ -338,14 +338,10 @@ def _trunk_endpoints(config):
 def _random_trunk(trunk, seed):
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f'random_twin: seed={seed!r} must be an int >= 0')
-  x = jax.eval_shape(trunk.eval_input.fn,
-                     jax.ShapeDtypeStruct((1,) + tuple(trunk.image_shape), jnp.uint8))
-  model = trunk.model
-  # As the linear evaluation's random trunk: one compiled init, 'unsafe_rbg' keys.
-  init = jax.jit(lambda rng, x: model.init(rng, x, train=False))
-  variables = init(jax.random.key(int(seed), impl='unsafe_rbg'),
-                   jnp.zeros(x.shape, jnp.float32))
-  variables = jax.tree.map(np.asarray, dict(variables))
+  from ssl_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
+  # The linear evaluation's random trunk, exactly.
+  variables = linear_eval.random_variables(trunk.model, trunk.eval_input,
+                                           trunk.image_shape, seed)
   if trunk.variables.get('params') is not None:
     want = jax.tree.map(np.shape, trunk.variables['params'])
     got = jax.tree.map(np.shape, variables['params'])

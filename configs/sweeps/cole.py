@@ -94,14 +94,8 @@ def get_sweep(preset='corruption_cpu'):
             'CIFAR-10 (JPEG q75) train[:45000]; linear probes on 10,000 clean training '
             'images, test split.'),
         'axes': [_corruption_axis(CPU_CORRUPTIONS, ROT_PP)],
-        'plots': [
-            {'kind': 'bars', 'x': 'corruption', 'file': 'corruption_best.png',
-             'title': 'Cole corruption: rotation VGG19-BN k=1, best layer (val)'},
-            {'kind': 'bars', 'x': 'corruption', 'endpoint': 'pre_logits',
-             'file': 'corruption_pre_logits.png',
-             'title': 'Cole corruption: rotation VGG19-BN k=1, pre-logits'},
-            {'kind': 'layers', 'file': 'corruption_layers.png', 'baseline': False,
-             'title': 'Cole corruption: per-layer linear probes'}],
+        'plots': lib.axis_plots('bars', 'corruption', 'corruption', 'Cole corruption',
+                                'rotation VGG19-BN k=1'),
         'estimate': '5 cells, about 15 min each on 2 cores (goyal.py:data_size_cpu measured 13-17 min a cell)',
     })
   if preset == 'corruption':
@@ -200,14 +194,8 @@ def get_sweep(preset='corruption_cpu'):
         'name': preset.replace('domain', 'cole_domain'),
         'study': 'Cole et al. 2022: domain (in-domain vs cross-domain vs pooled)',
         'axes': [{'name': 'pretraining', 'values': domains}],
-        'plots': [
-            {'kind': 'bars', 'x': 'pretraining', 'file': 'domain_best.png',
-             'title': 'Cole domain: best layer (val), evaluated on CIFAR-10'},
-            {'kind': 'bars', 'x': 'pretraining', 'endpoint': 'pre_logits',
-             'file': 'domain_pre_logits.png',
-             'title': 'Cole domain: pre-logits, evaluated on CIFAR-10'},
-            {'kind': 'layers', 'file': 'domain_layers.png', 'baseline': False,
-             'title': 'Cole domain: per-layer linear probes on CIFAR-10'}],
+        'plots': lib.axis_plots('bars', 'pretraining', 'domain', 'Cole domain on CIFAR-10',
+                                'rotation VGG19-BN k=1' if cpu else 'SimCLR ResNet50 v1 k=4'),
         'estimate': ('3 cells, 34 min measured on 2 cores (2026-12-04)' if cpu
                      else '3 cells (accelerator)'),
     })

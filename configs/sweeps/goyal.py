@@ -57,15 +57,8 @@ def get_sweep(preset='data_size_cpu'):
         'extra_cells': [{'name': 'supervised', 'role': 'supervised', 'config': lib.SUPERVISED,
                          'labels': {'fraction': 1.0},
                          'overrides': lib.supervised_like_rotation_cpu()}],
-        'plots': [
-            {'kind': 'line', 'x': 'fraction', 'logx': True, 'file': 'data_size_best.png',
-             'title': 'Goyal data size: rotation VGG19-BN k=1, best layer (val)'},
-            {'kind': 'line', 'x': 'fraction', 'logx': True, 'endpoint': 'pre_logits',
-             'file': 'data_size_pre_logits.png',
-             'title': 'Goyal data size: rotation VGG19-BN k=1, pre-logits'},
-            {'kind': 'layers', 'file': 'data_size_layers.png',
-             'title': 'Goyal data size: per-layer linear probes', 'baseline': False},
-        ],
+        'plots': lib.axis_plots('line', 'fraction', 'data_size', 'Goyal data size',
+                                'rotation VGG19-BN k=1', logx=True),
         'estimate': '5 cells, 73 min measured on 2 cores (13-17 min a rotation cell)',
     }
   if preset == 'data_size':

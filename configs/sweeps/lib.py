@@ -38,3 +38,18 @@ def supervised_like_rotation_cpu(**overrides):
 # CIFAR-10 sizes of the accelerator variants: the tasks' `cifar10` presets (the study's
 # families at k=4 with the small-input stem, 100 epochs) with the data held in memory.
 ACCEL = {'data.source': 'in_memory'}
+
+
+def axis_plots(kind, x, stem, study, trunk, **options):
+  """The three plots of a one-axis CPU sweep: the cell's best layer on val and the
+  pre-logits against axis `x` (`kind` 'bars' or 'line', with `options` such as
+  logx=True), then the per-layer curves of every cell. Files `<stem>_best.png`,
+  `<stem>_pre_logits.png`, `<stem>_layers.png`; titles '<study>: <trunk>, ...'."""
+  return [
+      dict(kind=kind, x=x, file=f'{stem}_best.png',
+           title=f'{study}: {trunk}, best layer (val)', **options),
+      dict(kind=kind, x=x, endpoint='pre_logits', file=f'{stem}_pre_logits.png',
+           title=f'{study}: {trunk}, pre-logits', **options),
+      dict(kind='layers', file=f'{stem}_layers.png',
+           title=f'{study}: per-layer linear probes', baseline=False),
+  ]

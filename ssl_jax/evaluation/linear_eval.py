@@ -189,19 +189,26 @@ def load_trunk(config, image_shape=None, eval_input=None, *, init=True):
 
 def with_variables(trunk):
   """`trunk` with its variables: a random trunk (variables None) initialised at its
-  image shape from its seed; any other trunk as it is."""
+  image shape from its seed (`random_variables`); any other trunk as it is."""
   if trunk['variables'] is not None:
     return trunk
-  model, eval_input = trunk['model'], trunk['eval_input']
-  x = jax.eval_shape(eval_input.fn, jax.ShapeDtypeStruct((1,) + trunk['image_shape'],
+  return dict(trunk, variables=random_variables(trunk['model'], trunk['eval_input'],
+                                                trunk['image_shape'], trunk['seed']))
+
+
+def random_variables(model, eval_input, image_shape, seed):
+  """The random-init variables of trunk `model` for u8[H, W, 3] images of `image_shape`
+  under `eval_input`: {'params', 'batch_stats'} as numpy arrays, from the model's own
+  initialisers under jax.random.key(seed, impl='unsafe_rbg')."""
+  x = jax.eval_shape(eval_input.fn, jax.ShapeDtypeStruct((1,) + tuple(image_shape),
                                                          jnp.uint8))
   # One compiled program: eager init would compile every initializer separately.
   init = jax.jit(lambda rng, x: model.init(rng, x, train=False))
   # 'unsafe_rbg' keys compile several times faster than threefry on a CPU; the
   # values of a random baseline trunk do not need threefry's guarantees.
-  variables = init(jax.random.key(trunk['seed'], impl='unsafe_rbg'),
+  variables = init(jax.random.key(int(seed), impl='unsafe_rbg'),
                    jnp.zeros(x.shape, jnp.float32))
-  return dict(trunk, variables=jax.tree.map(np.asarray, dict(variables)))
+  return jax.tree.map(np.asarray, dict(variables))
 
 
 def preprocessing(config, eval_input=None):
